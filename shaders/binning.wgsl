@@ -1,0 +1,1 @@
+// binning: being written

@@ -1,0 +1,1 @@
+// threshold crossing: being written

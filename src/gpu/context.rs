@@ -1,0 +1,424 @@
+//! Adapter and device acquisition, error capture, pipeline cache, submission and read-back.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::shaders::Shader;
+
+/// How to pick the GPU adapter.
+///
+/// The defaults follow SPEC §0: a hardware adapter when there is one; a software adapter
+/// (device type `Cpu`: lavapipe, llvmpipe, WARP) only when asked for, either here
+/// (`allow_software`) or through the standard wgpu variables `WGPU_BACKEND` /
+/// `WGPU_ADAPTER_NAME`, which always take precedence over these fields when set.
+#[derive(Debug, Clone, Default)]
+pub struct GpuOptions {
+    /// Backends to consider (`None`: all, or `WGPU_BACKEND` when set).
+    pub backends: Option<wgpu::Backends>,
+    /// Case-insensitive substring the adapter name must contain (or `WGPU_ADAPTER_NAME`).
+    pub adapter_name: Option<String>,
+    /// Accept a software adapter. Implied when either environment variable is set.
+    pub allow_software: bool,
+}
+
+impl GpuOptions {
+    /// Options that accept a software adapter (what tests and CI use).
+    pub fn software_ok() -> Self {
+        GpuOptions {
+            allow_software: true,
+            ..Default::default()
+        }
+    }
+}
+
+/// Key of a compiled pipeline: shader name, entry point, and its override constants.
+type PipelineKey = (&'static str, &'static str, String);
+
+/// One opened GPU device with everything the operators share on it.
+///
+/// Cheap to share: wrap it in an `Arc` (the [`crate::Engine`] does). Each WGSL module is
+/// parsed, validated and compiled once per context, whatever the number of calls.
+pub struct GpuContext {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    pub(crate) limits: wgpu::Limits,
+    pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
+    lost: Arc<Mutex<Option<String>>>,
+    uncaptured: Arc<Mutex<Option<String>>>,
+    staging: Mutex<Option<(wgpu::Buffer, u64)>>,
+}
+
+impl std::fmt::Debug for GpuContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuContext")
+            .field("adapter", &self.info.name)
+            .field("backend", &self.info.backend)
+            .field("device_type", &self.info.device_type)
+            .finish()
+    }
+}
+
+/// Rank of a device type when choosing among several: hardware first.
+fn type_rank(t: wgpu::DeviceType) -> u8 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    }
+}
+
+impl GpuContext {
+    /// Opens the best adapter allowed by `options` and the environment.
+    ///
+    /// Returns [`Error::NoAdapter`] when none matches (never panics on a name mismatch, unlike
+    /// wgpu's own `initialize_adapter_from_env`).
+    pub fn new(options: &GpuOptions) -> Result<Self> {
+        let env_backends = std::env::var("WGPU_BACKEND").ok().filter(|s| !s.is_empty());
+        let env_name = std::env::var("WGPU_ADAPTER_NAME")
+            .ok()
+            .filter(|s| !s.is_empty());
+        let backends = match &env_backends {
+            Some(s) => wgpu::Backends::from_comma_list(s),
+            None => options.backends.unwrap_or(wgpu::Backends::all()),
+        };
+        let name = env_name.clone().or_else(|| options.adapter_name.clone());
+        let allow_software = options.allow_software || env_backends.is_some() || env_name.is_some();
+
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends,
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        });
+        let adapters = pollster::block_on(instance.enumerate_adapters(backends));
+        let seen: Vec<String> = adapters
+            .iter()
+            .map(|a| {
+                let i = a.get_info();
+                format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)
+            })
+            .collect();
+        let mut candidates: Vec<wgpu::Adapter> = adapters
+            .into_iter()
+            .filter(|a| {
+                let i = a.get_info();
+                let name_ok = name
+                    .as_ref()
+                    .is_none_or(|n| i.name.to_lowercase().contains(&n.to_lowercase()));
+                let type_ok = allow_software || i.device_type != wgpu::DeviceType::Cpu;
+                name_ok && type_ok
+            })
+            .collect();
+        candidates.sort_by_key(|a| type_rank(a.get_info().device_type));
+        let adapter = candidates.into_iter().next().ok_or_else(|| {
+            Error::NoAdapter(format!(
+                "backends {backends:?}, name filter {name:?}, software allowed: {allow_software}; adapters seen: [{}]",
+                seen.join(", ")
+            ))
+        })?;
+        Self::from_adapter(adapter)
+    }
+
+    /// Opens a device on `adapter`, asking for the adapter's own limits (not the downlevel
+    /// defaults), so storage bindings and workgroup storage are as large as the hardware allows.
+    pub fn from_adapter(adapter: wgpu::Adapter) -> Result<Self> {
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("neurokernels"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| Error::RequestDevice(e.to_string()))?;
+
+        let lost = Arc::new(Mutex::new(None));
+        let lost_cb = lost.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            if let Ok(mut l) = lost_cb.lock() {
+                *l = Some(format!("{reason:?}: {msg}"));
+            }
+        });
+        let uncaptured = Arc::new(Mutex::new(None));
+        let unc = uncaptured.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            if let Ok(mut u) = unc.lock() {
+                u.get_or_insert_with(|| e.to_string());
+            }
+        }));
+        Ok(GpuContext {
+            device,
+            queue,
+            info,
+            limits,
+            pipelines: Mutex::new(HashMap::new()),
+            lost,
+            uncaptured,
+            staging: Mutex::new(None),
+        })
+    }
+
+    /// The adapter's name, backend, device type and driver.
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.info
+    }
+
+    /// The limits the device was opened with.
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    /// Largest byte size of one storage binding.
+    pub fn max_binding(&self) -> u64 {
+        (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
+    }
+
+    /// Errors out if the device was lost or an uncaptured error was reported.
+    pub(crate) fn check_alive(&self) -> Result<()> {
+        if let Some(m) = self.lost.lock().ok().and_then(|l| l.clone()) {
+            return Err(Error::DeviceLost(m));
+        }
+        if let Some(m) = self.uncaptured.lock().ok().and_then(|mut u| u.take()) {
+            return Err(Error::Validation(m));
+        }
+        Ok(())
+    }
+
+    /// Runs `f` inside validation and out-of-memory error scopes and turns what they caught
+    /// into typed errors.
+    pub(crate) fn scoped<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.check_alive()?;
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let val = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let out = f();
+        let val_err = pollster::block_on(val.pop());
+        let oom_err = pollster::block_on(oom.pop());
+        if let Some(e) = oom_err {
+            return Err(Error::OutOfMemory(e.to_string()));
+        }
+        if let Some(e) = val_err {
+            return Err(Error::Validation(e.to_string()));
+        }
+        self.check_alive()?;
+        out
+    }
+
+    /// The compute pipeline for `entry` of `shader`, compiled once per (shader, entry,
+    /// override constants); the bind group layout is derived from the shader.
+    pub(crate) fn pipeline(
+        &self,
+        shader: &Shader,
+        entry: &'static str,
+        constants: &[(&'static str, f64)],
+    ) -> Result<wgpu::ComputePipeline> {
+        let key = (shader.name, entry, format!("{constants:?}"));
+        if let Some(p) = self.pipelines.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(p);
+        }
+        let pipeline = self.scoped(|| {
+            let module = self
+                .device
+                .create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(shader.name),
+                    source: wgpu::ShaderSource::Wgsl(shader.source.into()),
+                });
+            Ok(self
+                .device
+                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(entry),
+                    layout: None,
+                    module: &module,
+                    entry_point: Some(entry),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants,
+                        ..Default::default()
+                    },
+                    cache: None,
+                }))
+        })?;
+        if let Ok(mut m) = self.pipelines.lock() {
+            m.insert(key, pipeline.clone());
+        }
+        Ok(pipeline)
+    }
+
+    /// A bind group for group 0 of `pipeline`, binding `buffers` at bindings 0, 1, 2, …
+    pub(crate) fn bind(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        buffers: &[wgpu::BindingResource<'_>],
+    ) -> wgpu::BindGroup {
+        let entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, r)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: r.clone(),
+            })
+            .collect();
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        })
+    }
+
+    /// Creates a storage buffer of `size` bytes (at least 16) that can be copied to and from.
+    pub(crate) fn storage(&self, size: u64, label: &str) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: size.max(16).next_multiple_of(4),
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// Submits `encoder`; with `read` given, also copies `(buffer, offset, bytes)` ranges into
+    /// the context's staging buffer and returns their bytes, concatenated, after the GPU is done.
+    ///
+    /// The staging buffer is kept and grown geometrically, so a steady stream of equal chunks
+    /// allocates nothing after the first.
+    pub(crate) fn submit_and_read(
+        &self,
+        mut encoder: wgpu::CommandEncoder,
+        read: &[(&wgpu::Buffer, u64, u64)],
+    ) -> Result<Vec<u8>> {
+        let total: u64 = read.iter().map(|r| r.2.next_multiple_of(4)).sum();
+        let mut staging = self
+            .staging
+            .lock()
+            .map_err(|_| Error::Readback("staging lock poisoned".into()))?;
+        if total > 0 && staging.as_ref().is_none_or(|s| s.1 < total) {
+            let cap = total.next_power_of_two().max(4096);
+            let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("staging"),
+                size: cap,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            *staging = Some((buf, cap));
+        }
+        if total > 0 {
+            let (stage, _) = staging
+                .as_ref()
+                .ok_or_else(|| Error::Readback("no staging buffer".into()))?;
+            let mut at = 0;
+            for &(buf, off, len) in read {
+                let len4 = len.next_multiple_of(4);
+                if len4 > 0 {
+                    encoder.copy_buffer_to_buffer(buf, off, stage, at, len4);
+                }
+                at += len4;
+            }
+        }
+        let index = self.queue.submit(Some(encoder.finish()));
+        if total == 0 {
+            self.device
+                .poll(wgpu::PollType::Wait {
+                    submission_index: Some(index),
+                    timeout: None,
+                })
+                .map_err(|e| Error::DeviceLost(e.to_string()))?;
+            self.check_alive()?;
+            return Ok(Vec::new());
+        }
+        let (stage, _) = staging
+            .as_ref()
+            .ok_or_else(|| Error::Readback("no staging buffer".into()))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        stage.map_async(wgpu::MapMode::Read, 0..total, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(index),
+                timeout: None,
+            })
+            .map_err(|e| Error::DeviceLost(e.to_string()))?;
+        self.check_alive()?;
+        rx.recv()
+            .map_err(|e| Error::Readback(e.to_string()))?
+            .map_err(|e| Error::Readback(e.to_string()))?;
+        let bytes = {
+            let view = stage
+                .get_mapped_range(0..total)
+                .map_err(|e| Error::Readback(e.to_string()))?;
+            // Pack the ranges back to their exact lengths.
+            let mut out = Vec::with_capacity(total as usize);
+            let mut at = 0usize;
+            for &(_, _, len) in read {
+                out.extend_from_slice(&view[at..at + len as usize]);
+                at += len.next_multiple_of(4) as usize;
+            }
+            out
+        };
+        stage.unmap();
+        Ok(bytes)
+    }
+
+    /// A new command encoder.
+    pub(crate) fn encoder(&self) -> wgpu::CommandEncoder {
+        self.device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
+    }
+}
+
+/// Workgroups per dimension allowed by WebGPU's minimum limit (and every adapter here).
+pub const MAX_GROUPS_PER_DIM: u32 = 65_535;
+
+/// Splits `groups` workgroups into an `(x, y, 1)` grid with `x ≤ 65 535`, so any 1-D problem
+/// size dispatches. Kernels recover the linear group index as `wid.x + wid.y * nwg.x` and
+/// skip indices past their problem size.
+pub fn grid(groups: u32) -> (u32, u32, u32) {
+    if groups <= MAX_GROUPS_PER_DIM {
+        (groups.max(1), 1, 1)
+    } else {
+        (MAX_GROUPS_PER_DIM, groups.div_ceil(MAX_GROUPS_PER_DIM), 1)
+    }
+}
+
+/// A storage buffer that grows (geometrically) to fit, and is otherwise reused: streaming
+/// state and per-chunk scratch live in these so a long stream allocates nothing per chunk.
+#[derive(Debug, Default)]
+pub(crate) struct GrowBuffer {
+    buf: Option<wgpu::Buffer>,
+    label: &'static str,
+}
+
+impl GrowBuffer {
+    /// An empty buffer slot named `label`.
+    pub(crate) fn new(label: &'static str) -> Self {
+        GrowBuffer { buf: None, label }
+    }
+
+    /// The buffer, grown to at least `bytes` (contents are lost when it grows).
+    pub(crate) fn ensure(&mut self, ctx: &GpuContext, bytes: u64) -> &wgpu::Buffer {
+        let need = bytes.max(16).next_multiple_of(4);
+        let ok = self.buf.as_ref().is_some_and(|b| b.size() >= need);
+        if !ok {
+            self.buf = None;
+        }
+        let label = self.label;
+        self.buf
+            .get_or_insert_with(|| ctx.storage(need.next_power_of_two(), label))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grid_splits_past_the_dimension_limit() {
+        assert_eq!(grid(0), (1, 1, 1));
+        assert_eq!(grid(10), (10, 1, 1));
+        assert_eq!(grid(65_535), (65_535, 1, 1));
+        let (x, y, _) = grid(200_000);
+        assert_eq!(x, 65_535);
+        assert!(x as u64 * y as u64 >= 200_000);
+    }
+}

@@ -1,0 +1,10 @@
+//! The GPU host layer: adapter and device, device arrays, pipeline cache, dispatch and
+//! read-back. Every operator's GPU half is built on this module.
+
+mod array;
+mod context;
+
+pub use array::{DType, DeviceArray, DeviceElement};
+pub(crate) use array::write_padded;
+pub use context::{grid, GpuContext, GpuOptions, MAX_GROUPS_PER_DIM};
+pub(crate) use context::GrowBuffer;

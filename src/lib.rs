@@ -1,0 +1,23 @@
+//! # neurokernels
+//!
+//! The core kernels of neural-data processing as WGSL compute shaders on wgpu, with a CPU
+//! engine of the same API. See `README.md` for a tour, and each module for its operator's
+//! exact definition and error bound.
+
+#![warn(missing_docs)]
+
+pub mod binning;
+pub mod engine;
+pub mod error;
+pub mod events;
+pub mod exact;
+pub mod gpu;
+pub mod shaders;
+pub mod threshold;
+
+pub use binning::{Aggregation, BinnedActivation, Binned, BinningSettings, DeviceBinned, Kernel};
+pub use engine::Engine;
+pub use error::{Error, Result};
+pub use events::{DeviceEvents, Event};
+pub use gpu::{DeviceArray, GpuContext, GpuOptions};
+pub use threshold::{ThresholdCrossing, ThresholdSettings};
