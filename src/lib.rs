@@ -15,7 +15,7 @@ pub mod gpu;
 pub mod shaders;
 pub mod threshold;
 
-pub use binning::{Aggregation, BinnedActivation, Binned, BinningSettings, DeviceBinned, Kernel};
+pub use binning::{Aggregation, Binned, BinnedActivation, BinningSettings, DeviceBinned, Kernel};
 pub use engine::Engine;
 pub use error::{Error, Result};
 pub use events::{DeviceEvents, Event};

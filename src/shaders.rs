@@ -23,3 +23,69 @@ pub const THRESHOLD: Shader = Shader {
 
 /// Every shader of the crate, for validation.
 pub const ALL: &[Shader] = &[BINNING, THRESHOLD];
+
+#[cfg(test)]
+mod tests {
+    use super::{Shader, ALL};
+    use naga::valid::{Capabilities, ValidationFlags, Validator};
+
+    /// Parses and validates `shader` with naga and no optional capability; the error names
+    /// the shader and carries naga's rendered diagnostic.
+    fn check(shader: &Shader) -> Result<(), String> {
+        let path = format!("shaders/{}.wgsl", shader.name);
+        let module = naga::front::wgsl::parse_str(shader.source).map_err(|e| {
+            format!(
+                "shader `{}` does not parse:\n{}",
+                shader.name,
+                e.emit_to_string_with_path(shader.source, &path)
+            )
+        })?;
+        Validator::new(ValidationFlags::all(), Capabilities::empty())
+            .validate(&module)
+            .map_err(|e| {
+                format!(
+                    "shader `{}` does not validate (with Capabilities::empty()):\n{}",
+                    shader.name,
+                    e.emit_to_string_with_path(shader.source, &path)
+                )
+            })?;
+        Ok(())
+    }
+
+    /// Every embedded shader parses and validates with naga, with no optional capability:
+    /// no `f64`, `i64` or subgroup operations, which the GL backend lacks.
+    #[test]
+    fn every_shader_parses_and_validates_without_capabilities() {
+        let failures: Vec<String> = ALL.iter().filter_map(|s| check(s).err()).collect();
+        assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    }
+
+    /// The check itself catches what it is for: syntax errors and `f64`, with the shader named.
+    #[test]
+    fn the_check_rejects_bad_shaders_by_name() {
+        let syntax = Shader {
+            name: "broken",
+            source: "fn f( { }",
+        };
+        let err = check(&syntax).unwrap_err();
+        assert!(err.contains("`broken` does not parse"), "{err}");
+        let wide = Shader {
+            name: "wide",
+            source: "@group(0) @binding(0) var<storage, read_write> x: array<f64>;\n\
+                     @compute @workgroup_size(1) fn main() { x[0] = 1.0lf; }",
+        };
+        let err = check(&wide).unwrap_err();
+        assert!(err.contains("`wide` does not validate"), "{err}");
+        assert!(err.contains("FLOAT64"), "{err}");
+    }
+
+    /// Shader names are unique: the pipeline cache is keyed by them.
+    #[test]
+    fn shader_names_are_unique() {
+        let mut names: Vec<&str> = ALL.iter().map(|s| s.name).collect();
+        names.sort_unstable();
+        let before = names.len();
+        names.dedup();
+        assert_eq!(before, names.len(), "duplicate shader names in `ALL`");
+    }
+}

@@ -143,7 +143,14 @@ pub(crate) fn dense<T: DenseSample>(
 }
 
 /// Writes a completed segment's outputs, or keeps an open one's partials.
-fn finish_segment(st: &mut CpuState, p: &Params, seg: &Segment, out: &mut Array2<f32>, sum: &[f64], max: &[f64]) {
+fn finish_segment(
+    st: &mut CpuState,
+    p: &Params,
+    seg: &Segment,
+    out: &mut Array2<f32>,
+    sum: &[f64],
+    max: &[f64],
+) {
     match seg.row {
         Some(r) => {
             for c in 0..sum.len() {

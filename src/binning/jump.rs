@@ -93,7 +93,10 @@ mod tests {
                 let b = brute(t.d, l);
                 for k in 0..3 {
                     let err = (a[k] - b[k]).abs();
-                    assert!(err <= 1e-12 * b[k].abs().max(1e-300), "tau {tau} l {l} k {k}: {a:?} vs {b:?}");
+                    assert!(
+                        err <= 1e-12 * b[k].abs().max(1e-300),
+                        "tau {tau} l {l} k {k}: {a:?} vs {b:?}"
+                    );
                 }
             }
         }

@@ -193,7 +193,6 @@ pub(crate) struct Params {
     pub kind: u32,        // 0 count, 1 exponential, 2 alpha
     pub agg: Aggregation, // aggregation
     pub scale_by_value: bool,
-    pub tau_s: f64,  // τs in samples (1 for Count)
     pub wscale: f64, // weight multiplier: 1/τs with normalize (not Count), else 1
     pub rate: f64,   // output multiplier from rate_normalize
 }
@@ -256,7 +255,10 @@ impl BinnedActivation {
     pub fn new(engine: &Engine, settings: BinningSettings, fs: f64) -> Result<Self> {
         let edges = BinEdges::new(settings.bin_duration, fs)?;
         if !settings.t0.is_finite() {
-            return Err(Error::setting("t0", format!("must be finite, got {}", settings.t0)));
+            return Err(Error::setting(
+                "t0",
+                format!("must be finite, got {}", settings.t0),
+            ));
         }
         let (kind, tau) = match settings.kernel {
             Kernel::Count => (0, None),
@@ -268,24 +270,41 @@ impl BinnedActivation {
             Some(t) if t > 0.0 && t.is_finite() => {
                 let ts = t * fs;
                 if !(ts.is_finite() && ts > 0.0) {
-                    return Err(Error::setting("tau", format!("tau·fs = {ts} is not usable")));
+                    return Err(Error::setting(
+                        "tau",
+                        format!("tau·fs = {ts} is not usable"),
+                    ));
                 }
                 ts
             }
-            Some(t) => return Err(Error::setting("tau", format!("must be finite and > 0, got {t}"))),
+            Some(t) => {
+                return Err(Error::setting(
+                    "tau",
+                    format!("must be finite and > 0, got {t}"),
+                ))
+            }
         };
         let params = Params {
             kind,
             agg: settings.aggregation,
             scale_by_value: settings.scale_by_value,
-            tau_s,
-            wscale: if kind != 0 && settings.normalize { 1.0 / tau_s } else { 1.0 },
-            rate: if settings.rate_normalize { 1.0 / settings.bin_duration } else { 1.0 },
+            wscale: if kind != 0 && settings.normalize {
+                1.0 / tau_s
+            } else {
+                1.0
+            },
+            rate: if settings.rate_normalize {
+                1.0 / settings.bin_duration
+            } else {
+                1.0
+            },
         };
         let jumps = JumpTable::new(tau_s);
         let state = match engine {
             Engine::Cpu => EngineState::Cpu(cpu::CpuState::default()),
-            Engine::Gpu(ctx) => EngineState::Gpu(Box::new(gpu::GpuBinning::new(ctx, &params, &jumps)?)),
+            Engine::Gpu(ctx) => {
+                EngineState::Gpu(Box::new(gpu::GpuBinning::new(ctx, &params, &jumps)?))
+            }
         };
         Ok(BinnedActivation {
             settings,
@@ -352,6 +371,9 @@ impl BinnedActivation {
 
     /// The bins completed by a chunk of `n` samples, and its segments.
     fn plan(&self, n: u64) -> Result<Plan> {
+        if n > u32::MAX as u64 {
+            return Err(Error::shape("chunk", "at most 2³² − 1 samples", format!("{n} samples")));
+        }
         let end = self
             .pos
             .checked_add(n)
@@ -364,7 +386,11 @@ impl BinnedActivation {
             let start = b0.max(self.pos) - self.pos;
             let continues = k == self.next_bin;
             let len = (b1 - b0) as f64;
-            let mean = if self.params.agg == Aggregation::Mean { 1.0 / len } else { 1.0 };
+            let mean = if self.params.agg == Aggregation::Mean {
+                1.0 / len
+            } else {
+                1.0
+            };
             if b1 <= end {
                 segments.push(Segment {
                     start,
@@ -422,6 +448,36 @@ impl BinnedActivation {
                 }
             }
         }
+        // A chunk larger than one GPU binding runs as consecutive sub-chunks: streaming is
+        // chunk-invariant, so the output is the same.
+        let rows = match &self.engine {
+            EngineState::Gpu(g) => g.max_rows(c, T::IS_BYTE),
+            EngineState::Cpu(_) => usize::MAX,
+        };
+        if n <= rows {
+            return self.dense_unchecked(chunk);
+        }
+        let first_bin = self.next_bin;
+        let mut values = Vec::new();
+        let mut timestamps = Vec::new();
+        for start in (0..n).step_by(rows) {
+            let sub = chunk.slice(ndarray::s![start..(start + rows).min(n), ..]);
+            let b = self.dense_unchecked(sub)?;
+            values.extend(b.values.iter().copied());
+            timestamps.extend(b.timestamps);
+        }
+        let values = Array2::from_shape_vec((timestamps.len(), c), values)
+            .map_err(|e| Error::shape("bins", "rows × channels", e.to_string()))?;
+        Ok(Binned {
+            first_bin,
+            values,
+            timestamps,
+        })
+    }
+
+    /// [`Self::process_dense`] after validation, for a chunk that fits one dispatch.
+    fn dense_unchecked<T: DenseSample>(&mut self, chunk: ArrayView2<'_, T>) -> Result<Binned> {
+        let (n, c) = chunk.dim();
         let plan = self.plan(n as u64)?;
         let values = match &mut self.engine {
             EngineState::Cpu(s) => cpu::dense(s, &self.params, &self.jumps, &plan, chunk),
@@ -444,13 +500,19 @@ impl BinnedActivation {
     pub fn process_device(&mut self, chunk: &DeviceArray) -> Result<DeviceBinned> {
         let shape = chunk.shape().to_vec();
         if shape.len() != 2 {
-            return Err(Error::shape("chunk", "(samples, channels)", format!("{shape:?}")));
+            return Err(Error::shape(
+                "chunk",
+                "(samples, channels)",
+                format!("{shape:?}"),
+            ));
         }
         let (n, c) = (shape[0], shape[1]);
         self.check_channels(c)?;
         let plan = self.plan(n as u64)?;
         let EngineState::Gpu(g) = &mut self.engine else {
-            return Err(Error::DeviceArray("process_device needs the GPU engine".into()));
+            return Err(Error::DeviceArray(
+                "process_device needs the GPU engine".into(),
+            ));
         };
         let values = g.dense_device(&self.params, &plan, chunk)?;
         self.commit(n as u64, &plan, c);
@@ -466,7 +528,12 @@ impl BinnedActivation {
     ///
     /// Each event must lie in the chunk: `position ≤ sample < position + n_samples`; its
     /// channel must be below `n_channels`, its value finite.
-    pub fn process_events(&mut self, events: &[Event], n_samples: usize, n_channels: usize) -> Result<Binned> {
+    pub fn process_events(
+        &mut self,
+        events: &[Event],
+        n_samples: usize,
+        n_channels: usize,
+    ) -> Result<Binned> {
         self.check_channels(n_channels)?;
         let plan = self.plan(n_samples as u64)?;
         let end = self.pos + n_samples as u64;
@@ -496,7 +563,9 @@ impl BinnedActivation {
         }
         let buckets = bucket_events(events, n_channels, self.pos);
         let values = match &mut self.engine {
-            EngineState::Cpu(s) => cpu::sparse(s, &self.params, &self.jumps, &plan, &buckets, n_channels),
+            EngineState::Cpu(s) => {
+                cpu::sparse(s, &self.params, &self.jumps, &plan, &buckets, n_channels)
+            }
             EngineState::Gpu(g) => g.sparse_host(&self.params, &plan, &buckets, n_channels)?,
         };
         let ts = self.timestamps(&plan);
@@ -522,7 +591,9 @@ impl BinnedActivation {
         let n = events.n_samples as u64;
         let plan = self.plan(n)?;
         let EngineState::Gpu(g) = &mut self.engine else {
-            return Err(Error::DeviceArray("process_device_events needs the GPU engine".into()));
+            return Err(Error::DeviceArray(
+                "process_device_events needs the GPU engine".into(),
+            ));
         };
         let values = g.sparse_device(&self.params, &plan, events, self.pos)?;
         self.commit(n, &plan, events.n_channels);

@@ -68,7 +68,10 @@ impl std::fmt::Debug for DeviceArray {
 
 impl DeviceArray {
     /// Uploads `view` to the device of `ctx`.
-    pub fn upload<T: DeviceElement>(ctx: &Arc<GpuContext>, view: ArrayViewD<'_, T>) -> Result<Self> {
+    pub fn upload<T: DeviceElement>(
+        ctx: &Arc<GpuContext>,
+        view: ArrayViewD<'_, T>,
+    ) -> Result<Self> {
         let shape = view.shape().to_vec();
         let std = view.as_standard_layout();
         let data = std
@@ -131,6 +134,16 @@ impl DeviceArray {
     /// The context the array lives on.
     pub fn context(&self) -> &Arc<GpuContext> {
         &self.ctx
+    }
+
+    /// The storage buffer holding the data, for binding in your own kernels.
+    ///
+    /// Row-major, standard layout, starting at offset 0; `u8` elements are packed four to a
+    /// 32-bit word, little-endian. The buffer may be longer than [`DeviceArray::byte_len`]
+    /// (at least 16 bytes, a multiple of 4); the bytes past the data are unspecified. Clones
+    /// of the array share the buffer.
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
     }
 
     /// Reads the array back to the host. `T` must match [`DeviceArray::dtype`].

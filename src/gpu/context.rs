@@ -165,6 +165,24 @@ impl GpuContext {
         &self.info
     }
 
+    /// The wgpu device the operators run on.
+    ///
+    /// For applications that embed the crate in their own GPU work: create buffers, pipelines
+    /// and bind groups on it and share [`DeviceArray`](crate::DeviceArray)s with your own
+    /// kernels. Validation errors from work recorded outside this crate's calls are caught by
+    /// the context's uncaptured-error handler and returned as [`Error::Validation`] by the
+    /// crate's next call on this context; wrap your own calls in error scopes to see them
+    /// yourself.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    /// The queue of [`GpuContext::device`]. The crate submits all its work on it, so your
+    /// submissions and the crate's execute in the order they were made.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
     /// The limits the device was opened with.
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits
@@ -172,7 +190,9 @@ impl GpuContext {
 
     /// Largest byte size of one storage binding.
     pub fn max_binding(&self) -> u64 {
-        (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
     }
 
     /// Errors out if the device was lost or an uncaptured error was reported.
@@ -206,15 +226,22 @@ impl GpuContext {
     }
 
     /// The compute pipeline for `entry` of `shader`, compiled once per (shader, entry,
-    /// override constants); the bind group layout is derived from the shader.
+    /// override constants). Group 0's layout is `layout` (binding `i` is `layout[i]`), shared by
+    /// every entry point of the shader, so one list of resources binds any of them.
     pub(crate) fn pipeline(
         &self,
         shader: &Shader,
         entry: &'static str,
         constants: &[(&'static str, f64)],
+        layout: &[Binding],
     ) -> Result<wgpu::ComputePipeline> {
         let key = (shader.name, entry, format!("{constants:?}"));
-        if let Some(p) = self.pipelines.lock().ok().and_then(|m| m.get(&key).cloned()) {
+        if let Some(p) = self
+            .pipelines
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key).cloned())
+        {
             return Ok(p);
         }
         let pipeline = self.scoped(|| {
@@ -224,11 +251,44 @@ impl GpuContext {
                     label: Some(shader.name),
                     source: wgpu::ShaderSource::Wgsl(shader.source.into()),
                 });
+            let entries: Vec<wgpu::BindGroupLayoutEntry> = layout
+                .iter()
+                .enumerate()
+                .map(|(i, b)| wgpu::BindGroupLayoutEntry {
+                    binding: i as u32,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: match b {
+                            Binding::Uniform => wgpu::BufferBindingType::Uniform,
+                            Binding::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                            Binding::ReadWrite => {
+                                wgpu::BufferBindingType::Storage { read_only: false }
+                            }
+                        },
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    count: None,
+                })
+                .collect();
+            let bgl = self
+                .device
+                .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                    label: Some(shader.name),
+                    entries: &entries,
+                });
+            let pl = self
+                .device
+                .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                    label: Some(shader.name),
+                    bind_group_layouts: &[Some(&bgl)],
+                    immediate_size: 0,
+                });
             Ok(self
                 .device
                 .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                     label: Some(entry),
-                    layout: None,
+                    layout: Some(&pl),
                     module: &module,
                     entry_point: Some(entry),
                     compilation_options: wgpu::PipelineCompilationOptions {
@@ -367,6 +427,17 @@ impl GpuContext {
     }
 }
 
+/// The kind of one buffer binding in a shader's group 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Binding {
+    /// `var<uniform>`.
+    Uniform,
+    /// `var<storage, read>`.
+    Read,
+    /// `var<storage, read_write>`.
+    ReadWrite,
+}
+
 /// Workgroups per dimension allowed by WebGPU's minimum limit (and every adapter here).
 pub const MAX_GROUPS_PER_DIM: u32 = 65_535;
 
@@ -395,8 +466,8 @@ impl GrowBuffer {
         GrowBuffer { buf: None, label }
     }
 
-    /// The buffer, grown to at least `bytes` (contents are lost when it grows).
-    pub(crate) fn ensure(&mut self, ctx: &GpuContext, bytes: u64) -> &wgpu::Buffer {
+    /// The buffer (a cheap handle), grown to at least `bytes` (contents are lost when it grows).
+    pub(crate) fn ensure(&mut self, ctx: &GpuContext, bytes: u64) -> wgpu::Buffer {
         let need = bytes.max(16).next_multiple_of(4);
         let ok = self.buf.as_ref().is_some_and(|b| b.size() >= need);
         if !ok {
@@ -405,6 +476,7 @@ impl GrowBuffer {
         let label = self.label;
         self.buf
             .get_or_insert_with(|| ctx.storage(need.next_power_of_two(), label))
+            .clone()
     }
 }
 

@@ -4,7 +4,7 @@
 mod array;
 mod context;
 
-pub use array::{DType, DeviceArray, DeviceElement};
 pub(crate) use array::write_padded;
+pub use array::{DType, DeviceArray, DeviceElement};
 pub use context::{grid, GpuContext, GpuOptions, MAX_GROUPS_PER_DIM};
-pub(crate) use context::GrowBuffer;
+pub(crate) use context::{Binding, GrowBuffer};
