@@ -58,9 +58,13 @@ pub(crate) fn dense<T: DenseSample>(
     jt: &JumpTable,
     plan: &Plan,
     chunk: ArrayView2<'_, T>,
-) -> Array2<f32> {
+) -> Option<Array2<f32>> {
     let (_, nc) = chunk.dim();
     st.ensure(nc);
+    // The hot path checks finiteness in its own pass over the data; on a non-finite value
+    // the state is put back as it was and `None` tells the caller to report it.
+    let snapshot = st.clone();
+    let mut all_finite = true;
     let mut out = Array2::<f32>::zeros((plan.n_bins, nc));
     let data = chunk.as_standard_layout();
     let rows = data.as_slice().unwrap_or(&[]);
@@ -89,13 +93,23 @@ pub(crate) fn dense<T: DenseSample>(
                 p.wscale
             }
         };
+        let seg_data = &rows[seg.start as usize * nc..seg.end as usize * nc];
+        let fast = p.kind == 0 && !p.scale_by_value && p.agg != Aggregation::Max;
+        if !fast && !T::IS_BYTE {
+            all_finite &= seg_data.iter().all(|x| x.to_f32().is_finite());
+        }
         match p.kind {
-            0 if !p.scale_by_value && p.agg != Aggregation::Max => {
+            0 if fast => {
                 // Hot path: exact integer counts.
                 counts.fill(0);
-                for row in seg_rows {
-                    for (n, x) in counts.iter_mut().zip(row) {
-                        *n += (x.to_f32() != 0.0) as u32;
+                match T::as_f32(seg_data) {
+                    Some(words) => all_finite &= count_rows(words, nc, &mut counts),
+                    None => {
+                        for row in seg_rows {
+                            for (n, x) in counts.iter_mut().zip(row) {
+                                *n += (x.to_f32() != 0.0) as u32;
+                            }
+                        }
                     }
                 }
                 for c in 0..nc {
@@ -139,7 +153,44 @@ pub(crate) fn dense<T: DenseSample>(
         }
         finish_segment(st, p, seg, &mut out, &sum, &max);
     }
-    out
+    if !all_finite {
+        *st = snapshot;
+        return None;
+    }
+    Some(out)
+}
+
+/// Adds each channel's nonzero count over whole rows of `nc` channels to `counts`; returns
+/// whether every value was finite. Uses AVX2 when the CPU has it.
+fn count_rows(data: &[f32], nc: usize, counts: &mut [u32]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { count_rows_avx2(data, nc, counts) };
+        }
+    }
+    count_rows_plain(data, nc, counts)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn count_rows_avx2(data: &[f32], nc: usize, counts: &mut [u32]) -> bool {
+    count_rows_plain(data, nc, counts)
+}
+
+#[inline(always)]
+fn count_rows_plain(data: &[f32], nc: usize, counts: &mut [u32]) -> bool {
+    const EXP: u32 = 0x7f80_0000;
+    let mut bad = 0u32;
+    for row in data.chunks_exact(nc) {
+        for (n, x) in counts.iter_mut().zip(row) {
+            let b = x.to_bits();
+            *n += (b & !0x8000_0000 != 0) as u32;
+            bad |= ((b & EXP) == EXP) as u32;
+        }
+    }
+    bad == 0
 }
 
 /// Writes a completed segment's outputs, or keeps an open one's partials.
@@ -172,24 +223,42 @@ pub(crate) fn stretch(p: &Params, jt: &JumpTable, e: &mut f64, a: &mut f64, l: u
     if p.kind == 0 || l == 0 {
         return (0.0, if l == 0 { f64::NEG_INFINITY } else { 0.0 });
     }
-    let [dl, g, h] = jt.jump(l);
-    let (sum, max);
+    let it = jt.inv_tau;
+    let (need_sum, need_max) = match p.agg {
+        Aggregation::Sum | Aggregation::Mean => (true, false),
+        Aggregation::Max => (false, true),
+        Aggregation::Last => (false, false),
+    };
+    // Only the aggregation asked for is computed: Last needs just `d^L`.
+    let [dl, g, h] = if need_sum {
+        jt.jump(l)
+    } else {
+        [jt.pow(l), 0.0, 0.0]
+    };
+    let (mut sum, mut max) = (0.0, f64::NEG_INFINITY);
     if p.kind == 1 {
-        sum = *e * g;
-        max = e.max(*e * jt.jump(l - 1)[0]);
+        if need_sum {
+            sum = *e * g;
+        }
+        if need_max {
+            max = e.max(*e * jt.pow(l - 1));
+        }
         *e *= dl;
     } else {
-        let it = jt.inv_tau;
-        sum = *a * g + *e * it * h;
-        let f = |i: u64| jt.jump(i)[0] * (*a + i as f64 * *e * it);
-        let mut m = f(0).max(f(l - 1));
-        if *e != 0.0 {
-            let star = (1.0 - *a / *e) / it;
-            if star > 0.0 && star < (l - 1) as f64 {
-                m = m.max(f(star.floor() as u64)).max(f(star.ceil() as u64));
-            }
+        if need_sum {
+            sum = *a * g + *e * it * h;
         }
-        max = m;
+        if need_max {
+            let f = |i: u64| jt.pow(i) * (*a + i as f64 * *e * it);
+            let mut m = f(0).max(f(l - 1));
+            if *e != 0.0 {
+                let star = (1.0 - *a / *e) / it;
+                if star > 0.0 && star < (l - 1) as f64 {
+                    m = m.max(f(star.floor() as u64)).max(f(star.ceil() as u64));
+                }
+            }
+            max = m;
+        }
         *a = dl * (*a + l as f64 * *e * it);
         *e *= dl;
     }

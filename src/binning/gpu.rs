@@ -308,11 +308,14 @@ impl GpuBinning {
             let buf = self.input.ensure(&self.ctx, bytes.len() as u64);
             write_padded(&self.ctx, &buf, 0, &bytes);
         } else {
-            let words: Vec<f32> = data.iter().map(|x| x.to_f32()).collect();
-            let buf = self.input.ensure(&self.ctx, (words.len() * 4) as u64);
-            self.ctx
-                .queue
-                .write_buffer(&buf, 0, bytemuck::cast_slice(&words));
+            let buf = self.input.ensure(&self.ctx, (data.len() * 4) as u64);
+            match T::as_f32(data) {
+                Some(words) => write_padded(&self.ctx, &buf, 0, bytemuck::cast_slice(words)),
+                None => {
+                    let words: Vec<f32> = data.iter().map(|x| x.to_f32()).collect();
+                    write_padded(&self.ctx, &buf, 0, bytemuck::cast_slice(&words));
+                }
+            }
         }
     }
 
@@ -428,9 +431,8 @@ impl GpuBinning {
         p: &Params,
         plan: &Plan,
         ev: &DeviceEvents,
-        pos: u64,
     ) -> Result<DeviceArray> {
-        let _ = (p, pos);
+        let _ = p;
         let nc = ev.n_channels;
         let ctx = self.ctx.clone();
         let out_bytes = (plan.n_bins * nc * 4) as u64;

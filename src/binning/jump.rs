@@ -18,7 +18,12 @@ pub(crate) struct JumpTable {
     pub d: f64,
     pub inv_tau: f64,
     pub pow2: Vec<[f64; 3]>,
+    /// `d^l` for `l < SMALL` (most gaps between events and most bins), each from `exp`.
+    small: Vec<f64>,
 }
+
+/// Size of the table of small powers.
+const SMALL: usize = 4096;
 
 impl JumpTable {
     /// The table for time constant `tau_s` samples.
@@ -38,7 +43,21 @@ impl JumpTable {
             len *= 2.0;
             let _ = j;
         }
-        JumpTable { d, inv_tau, pow2 }
+        let small = (0..SMALL).map(|l| (-(l as f64) * inv_tau).exp()).collect();
+        JumpTable {
+            d,
+            inv_tau,
+            pow2,
+            small,
+        }
+    }
+
+    /// `d^l`, to one rounding of `exp`.
+    pub fn pow(&self, l: u64) -> f64 {
+        match self.small.get(l as usize) {
+            Some(&v) => v,
+            None => (-(l as f64) * self.inv_tau).exp(),
+        }
     }
 
     /// `(d^L, G(L), H(L))`.

@@ -110,6 +110,10 @@ pub struct BinningSettings {
     /// Time of the stream's first sample, in seconds (bin `k`'s timestamp is
     /// `t0 + k·bin_duration`).
     pub t0: f64,
+    /// Absolute sample index of the stream's first sample (default 0). Bins are aligned to
+    /// the stream's start; event samples are absolute and count from 0, so events from a
+    /// [`crate::ThresholdCrossing`] with the same `first_sample` feed in unchanged.
+    pub first_sample: u64,
 }
 
 impl Default for BinningSettings {
@@ -122,6 +126,7 @@ impl Default for BinningSettings {
             normalize: true,
             rate_normalize: false,
             t0: 0.0,
+            first_sample: 0,
         }
     }
 }
@@ -158,10 +163,18 @@ pub trait DenseSample: Copy + Send + Sync + 'static {
     const IS_BYTE: bool;
     /// The sample as a byte (byte rasters only).
     fn to_u8(self) -> u8;
+    /// The slice itself when the type is `f32` (lets uploads and scans skip a conversion).
+    fn as_f32(s: &[Self]) -> Option<&[f32]> {
+        let _ = s;
+        None
+    }
 }
 impl DenseSample for f32 {
     fn to_f32(self) -> f32 {
         self
+    }
+    fn as_f32(s: &[Self]) -> Option<&[f32]> {
+        Some(s)
     }
     const IS_BYTE: bool = false;
     fn to_u8(self) -> u8 {
@@ -327,9 +340,9 @@ impl BinnedActivation {
     pub fn fs(&self) -> f64 {
         self.fs
     }
-    /// Samples consumed since the stream began.
+    /// Absolute sample index of the next sample (`first_sample` + samples consumed).
     pub fn position(&self) -> u64 {
-        self.pos
+        self.settings.first_sample + self.pos
     }
     /// Bins emitted so far.
     pub fn bins_emitted(&self) -> u64 {
@@ -353,6 +366,10 @@ impl BinnedActivation {
             EngineState::Cpu(s) => *s = cpu::CpuState::default(),
             EngineState::Gpu(g) => g.reset(),
         }
+    }
+
+    fn engine_is_gpu(&self) -> bool {
+        matches!(self.engine, EngineState::Gpu(_))
     }
 
     fn check_channels(&self, n: usize) -> Result<()> {
@@ -435,18 +452,9 @@ impl BinnedActivation {
     pub fn process_dense<T: DenseSample>(&mut self, chunk: ArrayView2<'_, T>) -> Result<Binned> {
         let (n, c) = chunk.dim();
         self.check_channels(c)?;
-        if !T::IS_BYTE {
-            for ((s, ch), v) in chunk.indexed_iter() {
-                let x = v.to_f32();
-                if !x.is_finite() {
-                    return Err(Error::NonFinite {
-                        what: "chunk",
-                        sample: s,
-                        channel: ch,
-                        value: x as f64,
-                    });
-                }
-            }
+        // The CPU engine scans for non-finite values within its own pass over the data.
+        if !T::IS_BYTE && self.engine_is_gpu() {
+            check_finite(chunk)?;
         }
         // A chunk larger than one GPU binding runs as consecutive sub-chunks: streaming is
         // chunk-invariant, so the output is the same.
@@ -480,7 +488,13 @@ impl BinnedActivation {
         let (n, c) = chunk.dim();
         let plan = self.plan(n as u64)?;
         let values = match &mut self.engine {
-            EngineState::Cpu(s) => cpu::dense(s, &self.params, &self.jumps, &plan, chunk),
+            EngineState::Cpu(s) => match cpu::dense(s, &self.params, &self.jumps, &plan, chunk) {
+                Some(v) => v,
+                None => {
+                    check_finite(chunk)?;
+                    return Err(Error::Validation("non-finite value not located".into()));
+                }
+            },
             EngineState::Gpu(g) => g.dense_host(&self.params, &plan, chunk)?,
         };
         let ts = self.timestamps(&plan);
@@ -526,7 +540,7 @@ impl BinnedActivation {
     /// Processes a chunk of `n_samples` samples on `n_channels` channels whose events are
     /// `events` (absolute stream samples, any order; duplicates add).
     ///
-    /// Each event must lie in the chunk: `position ≤ sample < position + n_samples`; its
+    /// Each event must lie in the chunk: `position() ≤ sample < position() + n_samples`; its
     /// channel must be below `n_channels`, its value finite.
     pub fn process_events(
         &mut self,
@@ -536,7 +550,10 @@ impl BinnedActivation {
     ) -> Result<Binned> {
         self.check_channels(n_channels)?;
         let plan = self.plan(n_samples as u64)?;
-        let end = self.pos + n_samples as u64;
+        let start = self.position();
+        let end = start
+            .checked_add(n_samples as u64)
+            .ok_or_else(|| Error::PositionOverflow("stream position".into()))?;
         for (i, e) in events.iter().enumerate() {
             if (e.channel as usize) >= n_channels {
                 return Err(Error::IndexOutOfRange {
@@ -545,7 +562,7 @@ impl BinnedActivation {
                     bound: n_channels as u64,
                 });
             }
-            if e.sample >= end || e.sample < self.pos {
+            if e.sample >= end || e.sample < start {
                 return Err(Error::IndexOutOfRange {
                     what: "event sample (must lie in this chunk)",
                     index: e.sample,
@@ -561,7 +578,7 @@ impl BinnedActivation {
                 });
             }
         }
-        let buckets = bucket_events(events, n_channels, self.pos);
+        let buckets = bucket_events(events, n_channels, start);
         let values = match &mut self.engine {
             EngineState::Cpu(s) => {
                 cpu::sparse(s, &self.params, &self.jumps, &plan, &buckets, n_channels)
@@ -581,10 +598,10 @@ impl BinnedActivation {
     /// the bins on the device. The events' chunk must start at this stream's position.
     pub fn process_device_events(&mut self, events: &DeviceEvents) -> Result<DeviceBinned> {
         self.check_channels(events.n_channels)?;
-        if events.chunk_start != self.pos {
+        if events.chunk_start != self.position() {
             return Err(Error::shape(
                 "device events",
-                format!("a chunk starting at sample {}", self.pos),
+                format!("a chunk starting at sample {}", self.position()),
                 format!("a chunk starting at sample {}", events.chunk_start),
             ));
         }
@@ -595,7 +612,7 @@ impl BinnedActivation {
                 "process_device_events needs the GPU engine".into(),
             ));
         };
-        let values = g.sparse_device(&self.params, &plan, events, self.pos)?;
+        let values = g.sparse_device(&self.params, &plan, events)?;
         self.commit(n, &plan, events.n_channels);
         Ok(DeviceBinned {
             first_bin: plan.first_bin,
@@ -603,6 +620,27 @@ impl BinnedActivation {
             values,
         })
     }
+}
+
+/// Errors with the first non-finite value of a dense chunk (row-wise, vectorised scan).
+fn check_finite<T: DenseSample>(chunk: ArrayView2<'_, T>) -> Result<()> {
+    for (s, row) in chunk.outer_iter().enumerate() {
+        let ok = match row.as_slice().and_then(T::as_f32) {
+            Some(r) => r.iter().fold(true, |ok, x| ok & x.is_finite()),
+            None => row.iter().all(|x| x.to_f32().is_finite()),
+        };
+        if !ok {
+            if let Some((ch, v)) = row.iter().enumerate().find(|(_, x)| !x.to_f32().is_finite()) {
+                return Err(Error::NonFinite {
+                    what: "chunk",
+                    sample: s,
+                    channel: ch,
+                    value: v.to_f32() as f64,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Events bucketed by channel, sorted by sample within each; samples relative to the chunk.
