@@ -29,7 +29,10 @@ impl Ratio {
     /// Errors when `x` is not finite, negative, or needs more than 38 decimal digits.
     pub fn from_decimal(name: &'static str, x: f64) -> Result<Self> {
         if !x.is_finite() || x < 0.0 {
-            return Err(Error::setting(name, format!("must be finite and ≥ 0, got {x}")));
+            return Err(Error::setting(
+                name,
+                format!("must be finite and ≥ 0, got {x}"),
+            ));
         }
         let s = format!("{x:e}"); // e.g. "1.57e-2": shortest round-trip digits.
         let (mant, exp) = s
@@ -48,7 +51,10 @@ impl Ratio {
             let m = 10u128.checked_pow(scale as u32).ok_or_else(too_big)?;
             (digits.checked_mul(m).ok_or_else(too_big)?, 1)
         } else {
-            (digits, 10u128.checked_pow((-scale) as u32).ok_or_else(too_big)?)
+            (
+                digits,
+                10u128.checked_pow((-scale) as u32).ok_or_else(too_big)?,
+            )
         };
         Ok(Ratio::new(num, den))
     }
@@ -63,7 +69,7 @@ impl Ratio {
     }
 
     /// Exact product, or `None` on overflow.
-    pub fn mul(self, o: Ratio) -> Option<Ratio> {
+    pub fn checked_mul(self, o: Ratio) -> Option<Ratio> {
         let g1 = gcd(self.num, o.den).max(1);
         let g2 = gcd(o.num, self.den).max(1);
         Some(Ratio::new(
@@ -88,7 +94,7 @@ impl Ratio {
 pub fn duration_samples(name: &'static str, duration: f64, fs: f64) -> Result<u64> {
     let d = Ratio::from_decimal(name, duration)?;
     let f = Ratio::from_decimal("fs", fs)?;
-    d.mul(f)
+    d.checked_mul(f)
         .and_then(|r| r.floor_mul(1))
         .ok_or_else(|| Error::setting(name, "duration × fs overflows"))
 }
@@ -104,7 +110,10 @@ impl BinEdges {
     /// bins are at least one sample long.
     pub fn new(bin_duration: f64, fs: f64) -> Result<Self> {
         if !(fs > 0.0 && fs.is_finite()) {
-            return Err(Error::setting("fs", format!("must be finite and > 0, got {fs}")));
+            return Err(Error::setting(
+                "fs",
+                format!("must be finite and > 0, got {fs}"),
+            ));
         }
         if !(bin_duration > 0.0 && bin_duration.is_finite()) {
             return Err(Error::setting(
@@ -113,7 +122,7 @@ impl BinEdges {
             ));
         }
         let spb = Ratio::from_decimal("bin_duration", bin_duration)?
-            .mul(Ratio::from_decimal("fs", fs)?)
+            .checked_mul(Ratio::from_decimal("fs", fs)?)
             .ok_or_else(|| Error::setting("bin_duration", "bin_duration × fs overflows"))?;
         if spb.num < spb.den {
             return Err(Error::setting(
@@ -159,7 +168,10 @@ mod tests {
         assert_eq!(e.samples_per_bin(), Ratio::new(6099, 10));
         assert_eq!(e.edge(10).unwrap(), 6099);
         assert_eq!(e.edge(3).unwrap(), 1829);
-        assert_eq!(BinEdges::new(0.0203, 30_000.0).unwrap().edge(1).unwrap(), 609);
+        assert_eq!(
+            BinEdges::new(0.0203, 30_000.0).unwrap().edge(1).unwrap(),
+            609
+        );
     }
 
     #[test]
@@ -173,9 +185,22 @@ mod tests {
     #[test]
     fn bin_of_inverts_edges() {
         let e = BinEdges::new(0.02033, 30_000.0).unwrap();
-        for s in [0u64, 1, 608, 609, 610, 1219, 1220, 4_294_967_196, 4_294_967_396] {
+        for s in [
+            0u64,
+            1,
+            608,
+            609,
+            610,
+            1219,
+            1220,
+            4_294_967_196,
+            4_294_967_396,
+        ] {
             let k = e.bin_of(s);
-            assert!(e.edge(k).unwrap() <= s && s < e.edge(k + 1).unwrap(), "s={s}");
+            assert!(
+                e.edge(k).unwrap() <= s && s < e.edge(k + 1).unwrap(),
+                "s={s}"
+            );
         }
     }
 
@@ -186,6 +211,9 @@ mod tests {
         assert!(BinEdges::new(f64::NAN, 1.0).is_err());
         assert!(BinEdges::new(0.5, 1.0).is_err());
         assert_eq!(duration_samples("refrac_dur", 0.001, 30_000.0).unwrap(), 30);
-        assert_eq!(duration_samples("refrac_dur", 0.0157, 30_000.0).unwrap(), 471);
+        assert_eq!(
+            duration_samples("refrac_dur", 0.0157, 30_000.0).unwrap(),
+            471
+        );
     }
 }

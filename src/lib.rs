@@ -12,6 +12,7 @@ pub mod error;
 pub mod events;
 pub mod exact;
 pub mod gpu;
+pub mod rng;
 pub mod shaders;
 pub mod threshold;
 

@@ -21,8 +21,15 @@ pub const THRESHOLD: Shader = Shader {
     source: include_str!("../shaders/threshold.wgsl"),
 };
 
+/// Philox4x32-10, the shared counter-based generator (functions only; prepended to the
+/// kernels that draw random numbers).
+pub const PHILOX: Shader = Shader {
+    name: "philox",
+    source: include_str!("../shaders/philox.wgsl"),
+};
+
 /// Every shader of the crate, for validation.
-pub const ALL: &[Shader] = &[BINNING, THRESHOLD];
+pub const ALL: &[Shader] = &[BINNING, THRESHOLD, PHILOX];
 
 #[cfg(test)]
 mod tests {

@@ -389,7 +389,11 @@ impl BinnedActivation {
     /// The bins completed by a chunk of `n` samples, and its segments.
     fn plan(&self, n: u64) -> Result<Plan> {
         if n > u32::MAX as u64 {
-            return Err(Error::shape("chunk", "at most 2³² − 1 samples", format!("{n} samples")));
+            return Err(Error::shape(
+                "chunk",
+                "at most 2³² − 1 samples",
+                format!("{n} samples"),
+            ));
         }
         let end = self
             .pos
@@ -630,7 +634,11 @@ fn check_finite<T: DenseSample>(chunk: ArrayView2<'_, T>) -> Result<()> {
             None => row.iter().all(|x| x.to_f32().is_finite()),
         };
         if !ok {
-            if let Some((ch, v)) = row.iter().enumerate().find(|(_, x)| !x.to_f32().is_finite()) {
+            if let Some((ch, v)) = row
+                .iter()
+                .enumerate()
+                .find(|(_, x)| !x.to_f32().is_finite())
+            {
                 return Err(Error::NonFinite {
                     what: "chunk",
                     sample: s,

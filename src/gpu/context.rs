@@ -352,8 +352,24 @@ impl GpuContext {
             .staging
             .lock()
             .map_err(|_| Error::Readback("staging lock poisoned".into()))?;
+        if total > self.limits.max_buffer_size {
+            return Err(Error::Readback(format!(
+                "one read-back of {total} bytes is larger than the device's max_buffer_size ({})",
+                self.limits.max_buffer_size
+            )));
+        }
         if total > 0 && staging.as_ref().is_none_or(|s| s.1 < total) {
-            let cap = total.next_power_of_two().max(4096);
+            // Geometric growth for small read-backs; big ones get (about) their own size, as
+            // doubling 1 GiB would pass the largest buffer some devices can make (2 GiB − 1 on
+            // lavapipe / llvmpipe) or have memory for.
+            const BIG: u64 = 256 << 20;
+            let cap = if total <= BIG {
+                total.next_power_of_two().max(4096)
+            } else {
+                total.next_multiple_of(16 << 20)
+            }
+            .min(self.limits.max_buffer_size)
+            .max(total);
             let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("staging"),
                 size: cap,
@@ -393,6 +409,25 @@ impl GpuContext {
         stage.map_async(wgpu::MapMode::Read, 0..total, move |r| {
             let _ = tx.send(r);
         });
+        let result = self.read_mapped(stage, index, &rx, read, total);
+        if result.is_err() {
+            // The staging buffer may still be mapped, or its mapping pending: drop it, or every
+            // later read-back on this context would fail with "still mapped".
+            *staging = None;
+        }
+        result
+    }
+
+    /// The second half of [`GpuContext::submit_and_read`]: waits for submission `index` and the
+    /// mapping of `stage`, then unpacks the `read` ranges from it and unmaps it.
+    fn read_mapped(
+        &self,
+        stage: &wgpu::Buffer,
+        index: wgpu::SubmissionIndex,
+        rx: &std::sync::mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
+        read: &[(&wgpu::Buffer, u64, u64)],
+        total: u64,
+    ) -> Result<Vec<u8>> {
         self.device
             .poll(wgpu::PollType::Wait {
                 submission_index: Some(index),
