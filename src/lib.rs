@@ -7,11 +7,14 @@
 #![warn(missing_docs)]
 
 pub mod binning;
+pub mod classifier;
+pub mod encoders;
 pub mod engine;
 pub mod error;
 pub mod events;
 pub mod exact;
 pub mod gpu;
+pub mod lrr;
 pub mod rng;
 pub mod shaders;
 pub mod threshold;

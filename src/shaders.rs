@@ -28,8 +28,29 @@ pub const PHILOX: Shader = Shader {
     source: include_str!("../shaders/philox.wgsl"),
 };
 
+/// Spike encoders (SPEC §4); Philox is prepended.
+pub const ENCODERS: Shader = Shader {
+    name: "encoders",
+    source: concat!(
+        include_str!("../shaders/philox.wgsl"),
+        include_str!("../shaders/encoders.wgsl")
+    ),
+};
+
+/// Max-rate classifier (SPEC §5).
+pub const CLASSIFIER: Shader = Shader {
+    name: "classifier",
+    source: include_str!("../shaders/classifier.wgsl"),
+};
+
+/// Covariance accumulation and linear regression rereferencing (SPEC §2).
+pub const LRR: Shader = Shader {
+    name: "lrr",
+    source: include_str!("../shaders/lrr.wgsl"),
+};
+
 /// Every shader of the crate, for validation.
-pub const ALL: &[Shader] = &[BINNING, THRESHOLD, PHILOX];
+pub const ALL: &[Shader] = &[BINNING, THRESHOLD, PHILOX, ENCODERS, CLASSIFIER, LRR];
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,1 @@
+// lrr: being written
