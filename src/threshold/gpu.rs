@@ -1,0 +1,674 @@
+//! GPU half of threshold crossing: buffers, dispatch and read-back around
+//! `shaders/threshold.wgsl` (entry `detect`).
+//!
+//! Per chunk: one uniform write, one encoder, normally one dispatch, one submit and one small
+//! read-back (the per-channel event counts and a status word; the event slots too when the
+//! caller wants host events). The state lives in three buffers: the committed one is only
+//! read; a chunk writes another (pieces of a split chunk alternate between the two others),
+//! and the committed index moves only once the chunk is accepted.
+
+use std::sync::Arc;
+
+use bytemuck::{Pod, Zeroable};
+use ndarray::ArrayView2;
+
+use super::{comparison_value, Params};
+use crate::error::{Error, Result};
+use crate::events::{DeviceEvents, Event};
+use crate::gpu::{grid, write_padded, Binding, DeviceArray, GpuContext, GrowBuffer};
+use crate::shaders::THRESHOLD;
+
+/// Invocations per workgroup (one per channel).
+const WG_SIZE: u32 = 64;
+
+/// Group 0 of `detect`: params, samples, thresholds, state in, state out, slots, counts,
+/// status.
+const LAYOUT: [Binding; 8] = [
+    Binding::Uniform,
+    Binding::Read,
+    Binding::Read,
+    Binding::Read,
+    Binding::ReadWrite,
+    Binding::ReadWrite,
+    Binding::ReadWrite,
+    Binding::ReadWrite,
+];
+
+/// Bytes of one channel's `State` in the shader.
+const STATE_BYTES: u64 = 32;
+
+/// Bytes of one event slot (`vec2<u32>`).
+const SLOT_BYTES: u64 = 8;
+
+/// Slots per channel tried first.
+const INITIAL_CAPACITY: u32 = 16;
+
+/// The shader's `Params` (one per dispatch).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+struct DispatchParams {
+    n_channels: u32,
+    c0: u32,
+    group_channels: u32,
+    rows: u32,
+    row0: u32,
+    capacity: u32,
+    mode: u32,
+    refrac: u32,
+    max_width: u32,
+    min_width: u32,
+    alpha: f32,
+    one_minus_alpha: f32,
+}
+
+/// The shader's initial `State` (no previous sample, no event yet).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+struct InitState {
+    flags: u32,
+    since: u32,
+    run: u32,
+    peak_off: u32,
+    peak_val: f32,
+    mean: f32,
+    variance: f32,
+    pad: u32,
+}
+
+/// What one accepted run of a chunk gives back.
+struct RunOut {
+    counts: Vec<u32>,
+    capacity: u32,
+    slots: Option<Vec<u8>>,
+}
+
+/// GPU streaming state of one [`super::ThresholdCrossing`].
+pub(crate) struct GpuThreshold {
+    ctx: Arc<GpuContext>,
+    pipeline: wgpu::ComputePipeline,
+    /// State buffers (`STATE_BYTES` per channel); `states[committed]` is the accepted state.
+    states: Vec<wgpu::Buffer>,
+    committed: usize,
+    /// Channel count the state and thresholds were initialised for.
+    init_for: Option<usize>,
+    thresholds: Option<wgpu::Buffer>,
+    /// Upload buffer for host chunks.
+    input: GrowBuffer,
+    /// Uniform buffer of the dispatches' params, and its size.
+    params: Option<(wgpu::Buffer, u64)>,
+    /// One status word.
+    status: wgpu::Buffer,
+    /// Event slots and counts, reused while no [`DeviceEvents`] still holds them.
+    slots: Option<Arc<wgpu::Buffer>>,
+    counts: Option<Arc<wgpu::Buffer>>,
+    /// Slots per channel to try first (grows to the largest count seen).
+    cap_hint: u32,
+    /// Test knob: cap on one binding's bytes.
+    binding_limit: Option<u64>,
+}
+
+impl std::fmt::Debug for GpuThreshold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuThreshold")
+            .field("ctx", &self.ctx)
+            .field("committed", &self.committed)
+            .field("init_for", &self.init_for)
+            .field("cap_hint", &self.cap_hint)
+            .finish()
+    }
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+/// The smallest step `k` such that `k · unit_bytes` is a multiple of `align`.
+fn align_step(align: u64, unit_bytes: u64) -> u64 {
+    align / gcd(align, unit_bytes).max(1)
+}
+
+/// Most events one channel can emit in a chunk of `n` samples: a crossing needs a sample not
+/// over threshold before it, so at most `⌈n/2⌉`, plus one event held from earlier chunks.
+fn max_events(n: usize) -> u32 {
+    (n.div_ceil(2) + 1).min(u32::MAX as usize) as u32
+}
+
+impl GpuThreshold {
+    pub(crate) fn new(ctx: &Arc<GpuContext>) -> Result<Self> {
+        let pipeline = ctx.pipeline(
+            &THRESHOLD,
+            "detect",
+            &[("WG_SIZE", WG_SIZE as f64)],
+            &LAYOUT,
+        )?;
+        let status = ctx.scoped(|| Ok(ctx.storage(16, "neurokernels.threshold.status")))?;
+        Ok(GpuThreshold {
+            ctx: ctx.clone(),
+            pipeline,
+            states: Vec::new(),
+            committed: 0,
+            init_for: None,
+            thresholds: None,
+            input: GrowBuffer::new("neurokernels.threshold.input"),
+            params: None,
+            status,
+            slots: None,
+            counts: None,
+            cap_hint: INITIAL_CAPACITY,
+            binding_limit: None,
+        })
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.init_for = None;
+    }
+
+    pub(crate) fn set_binding_limit(&mut self, bytes: Option<u64>) {
+        self.binding_limit = bytes;
+    }
+
+    /// (Re)creates the state and threshold buffers for `nc` channels and queues the initial
+    /// state into the committed buffer. Queued writes run before the chunk's commands.
+    fn init(&mut self, nc: usize, thr: &[f64]) -> Result<()> {
+        let ctx = self.ctx.clone();
+        let bytes = nc as u64 * STATE_BYTES;
+        if bytes > ctx.max_binding() {
+            return Err(Error::shape(
+                "chunk",
+                format!(
+                    "at most {} channels on this adapter",
+                    ctx.max_binding() / STATE_BYTES
+                ),
+                format!("{nc} channels"),
+            ));
+        }
+        ctx.scoped(|| {
+            if self.states.len() != 3 || self.states[0].size() < bytes {
+                self.states = (0..3)
+                    .map(|_| ctx.storage(bytes, "neurokernels.threshold.state"))
+                    .collect();
+            }
+            self.committed = 0;
+            let init = vec![
+                InitState {
+                    flags: 0,
+                    since: u32::MAX,
+                    run: 0,
+                    peak_off: 0,
+                    peak_val: 0.0,
+                    mean: 0.0,
+                    variance: 0.0,
+                    pad: 0,
+                };
+                nc
+            ];
+            write_padded(&ctx, &self.states[0], 0, bytemuck::cast_slice(&init));
+            let tv: Vec<[f32; 2]> = thr
+                .iter()
+                .map(|&t| {
+                    let (v, dir) = comparison_value(t);
+                    [v, dir]
+                })
+                .collect();
+            let tb = ctx.storage(nc as u64 * 8, "neurokernels.threshold.thresholds");
+            write_padded(&ctx, &tb, 0, bytemuck::cast_slice(&tv));
+            self.thresholds = Some(tb);
+            Ok(())
+        })?;
+        self.init_for = Some(nc);
+        Ok(())
+    }
+
+    /// An output buffer of at least `bytes`, reused when nobody else holds it.
+    fn output(
+        ctx: &GpuContext,
+        slot: &mut Option<Arc<wgpu::Buffer>>,
+        bytes: u64,
+        label: &str,
+    ) -> Arc<wgpu::Buffer> {
+        let need = bytes.max(16).next_multiple_of(4);
+        let reuse = slot
+            .as_ref()
+            .is_some_and(|b| Arc::strong_count(b) == 1 && b.size() >= need);
+        if !reuse {
+            *slot = Some(Arc::new(ctx.storage(need.next_power_of_two(), label)));
+        }
+        match slot {
+            Some(b) => b.clone(),
+            None => Arc::new(ctx.storage(need, label)),
+        }
+    }
+
+    /// Runs the chunk in `input` (`n × nc` f32, already on the device) from the committed
+    /// state until no channel overflows its slots, then commits. `read_slots` also reads the
+    /// slots back.
+    fn run(
+        &mut self,
+        p: &Params,
+        thr: &[f64],
+        input: &wgpu::Buffer,
+        n: usize,
+        nc: usize,
+        read_slots: bool,
+    ) -> Result<RunOut> {
+        if self.init_for != Some(nc) {
+            self.init(nc, thr)?;
+        }
+        let bound = max_events(n);
+        let mut cap = self.cap_hint.min(bound).max(1);
+        loop {
+            let (next, counts, status, slots) = self.run_once(p, input, n, nc, cap, read_slots)?;
+            if status != 0 {
+                let row = !status as usize;
+                return Err(self.non_finite(input, row, nc));
+            }
+            let max = counts.iter().copied().max().unwrap_or(0);
+            if max > cap {
+                cap = max.next_power_of_two().min(bound).max(max);
+                self.cap_hint = self.cap_hint.max(cap);
+                continue;
+            }
+            self.committed = next;
+            return Ok(RunOut {
+                counts,
+                capacity: cap,
+                slots,
+            });
+        }
+    }
+
+    /// The error for the first non-finite sample of row `row` (found by the device).
+    fn non_finite(&self, input: &wgpu::Buffer, row: usize, nc: usize) -> Error {
+        let off = row as u64 * nc as u64 * 4;
+        let read = self.ctx.scoped(|| {
+            let enc = self.ctx.encoder();
+            self.ctx
+                .submit_and_read(enc, &[(input, off, nc as u64 * 4)])
+        });
+        match read {
+            Ok(bytes) => {
+                let vals: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
+                let (channel, value) = vals
+                    .iter()
+                    .enumerate()
+                    .find(|(_, v)| !v.is_finite())
+                    .map(|(c, &v)| (c, v as f64))
+                    .unwrap_or((0, f64::NAN));
+                Error::NonFinite {
+                    what: "chunk",
+                    sample: row,
+                    channel,
+                    value,
+                }
+            }
+            Err(e) => e,
+        }
+    }
+
+    /// One pass over the chunk with `cap` slots per channel. Returns the state index written
+    /// last, the counts, the status word and (when asked) the slots' bytes.
+    #[allow(clippy::type_complexity)]
+    fn run_once(
+        &mut self,
+        p: &Params,
+        input: &wgpu::Buffer,
+        n: usize,
+        nc: usize,
+        cap: u32,
+        read_slots: bool,
+    ) -> Result<(usize, Vec<u32>, u32, Option<Vec<u8>>)> {
+        let ctx = self.ctx.clone();
+        let limits = ctx.limits();
+        let a_s = limits.min_storage_buffer_offset_alignment as u64;
+        let a_u = (limits.min_uniform_buffer_offset_alignment as u64).max(64);
+        let max_b = self
+            .binding_limit
+            .unwrap_or(u64::MAX)
+            .min(ctx.max_binding());
+
+        // Row pieces: each binds whole rows, at an offset the device accepts.
+        let row_bytes = nc as u64 * 4;
+        let row_step = align_step(a_s, row_bytes);
+        let rows_per = max_b / row_bytes / row_step * row_step;
+        if rows_per == 0 {
+            return Err(Error::shape(
+                "chunk",
+                format!(
+                    "rows of at most {} channels on this adapter",
+                    max_b / (4 * row_step)
+                ),
+                format!("{nc} channels"),
+            ));
+        }
+        // Channel groups: each binds its channels' slots.
+        let ch_bytes = cap as u64 * SLOT_BYTES;
+        let ch_step = align_step(a_s, ch_bytes);
+        let ch_per = max_b / ch_bytes / ch_step * ch_step;
+        if ch_per == 0 {
+            return Err(Error::OutOfMemory(format!(
+                "{cap} event slots per channel do not fit one binding of {max_b} bytes"
+            )));
+        }
+        let slots_bytes = nc as u64 * ch_bytes;
+        if slots_bytes > limits.max_buffer_size {
+            return Err(Error::OutOfMemory(format!(
+                "{slots_bytes} bytes of event slots exceed the device's buffer size"
+            )));
+        }
+
+        let mut mode = 0u32;
+        if p.peak_mode {
+            mode |= 1;
+        }
+        if p.align {
+            mode |= 2;
+        }
+        if p.return_val {
+            mode |= 4;
+        }
+        if p.alpha > 0.0 {
+            mode |= 8;
+        }
+        let mut dispatches = Vec::new(); // (params, row0, rows, c0, group)
+        let n64 = n as u64;
+        let mut row0 = 0u64;
+        loop {
+            let rows = rows_per.min(n64 - row0);
+            let mut c0 = 0u64;
+            while c0 < nc as u64 {
+                let group = ch_per.min(nc as u64 - c0);
+                dispatches.push((
+                    DispatchParams {
+                        n_channels: nc as u32,
+                        c0: c0 as u32,
+                        group_channels: group as u32,
+                        rows: rows as u32,
+                        row0: row0 as u32,
+                        capacity: cap,
+                        mode,
+                        refrac: p.refrac as u32,
+                        max_width: p.max_width as u32,
+                        min_width: p.min_width as u32,
+                        alpha: p.alpha as f32,
+                        one_minus_alpha: p.one_minus_alpha as f32,
+                    },
+                    row0,
+                    rows,
+                    c0,
+                    group,
+                ));
+                c0 += group;
+            }
+            row0 += rows;
+            if row0 >= n64 {
+                break;
+            }
+        }
+
+        ctx.scoped(|| {
+            // Params, one per dispatch, at uniform-offset-aligned strides.
+            let pbytes = dispatches.len() as u64 * a_u;
+            if self.params.as_ref().is_none_or(|(_, s)| *s < pbytes) {
+                let size = pbytes.next_power_of_two().max(256);
+                let buf = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("neurokernels.threshold.params"),
+                    size,
+                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                self.params = Some((buf, size));
+            }
+            let mut pdata = vec![0u8; pbytes as usize];
+            for (k, d) in dispatches.iter().enumerate() {
+                let at = k * a_u as usize;
+                pdata[at..at + std::mem::size_of::<DispatchParams>()]
+                    .copy_from_slice(bytemuck::bytes_of(&d.0));
+            }
+            let (pbuf, _) = self
+                .params
+                .as_ref()
+                .ok_or_else(|| Error::Validation("no params buffer".into()))?;
+            write_padded(&ctx, pbuf, 0, &pdata);
+
+            let slots = Self::output(
+                &ctx,
+                &mut self.slots,
+                slots_bytes,
+                "neurokernels.threshold.slots",
+            );
+            let counts = Self::output(
+                &ctx,
+                &mut self.counts,
+                nc as u64 * 4,
+                "neurokernels.threshold.counts",
+            );
+            let thresholds = self
+                .thresholds
+                .as_ref()
+                .ok_or_else(|| Error::Validation("thresholds not initialised".into()))?;
+
+            let scratch = [(self.committed + 1) % 3, (self.committed + 2) % 3];
+            let mut state_in = self.committed;
+            let mut state_out = scratch[0];
+            let mut piece_row0 = 0u64;
+            let mut groups = Vec::with_capacity(dispatches.len());
+            for (k, d) in dispatches.iter().enumerate() {
+                let (_, r0, rows, c0, group) = *d;
+                if r0 != piece_row0 {
+                    // Next row piece: it reads what the previous one wrote.
+                    piece_row0 = r0;
+                    state_in = state_out;
+                    state_out = if state_out == scratch[0] {
+                        scratch[1]
+                    } else {
+                        scratch[0]
+                    };
+                }
+                let in_size = (rows * row_bytes).max(4).min(input.size() - r0 * row_bytes);
+                let bg = ctx.bind(
+                    &self.pipeline,
+                    &[
+                        bind(
+                            pbuf,
+                            k as u64 * a_u,
+                            std::mem::size_of::<DispatchParams>() as u64,
+                        ),
+                        bind(input, r0 * row_bytes, in_size),
+                        thresholds.as_entire_binding(),
+                        self.states[state_in].as_entire_binding(),
+                        self.states[state_out].as_entire_binding(),
+                        bind(&slots, c0 * ch_bytes, group * ch_bytes),
+                        counts.as_entire_binding(),
+                        self.status.as_entire_binding(),
+                    ],
+                );
+                groups.push((bg, group));
+            }
+            let mut enc = ctx.encoder();
+            enc.clear_buffer(&self.status, 0, None);
+            {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("neurokernels.threshold.detect"),
+                    timestamp_writes: None,
+                });
+                pass.set_pipeline(&self.pipeline);
+                for (bg, group) in &groups {
+                    pass.set_bind_group(0, bg, &[]);
+                    let (x, y, z) = grid((*group as u32).div_ceil(WG_SIZE));
+                    pass.dispatch_workgroups(x, y, z);
+                }
+            }
+            let mut reads: Vec<(&wgpu::Buffer, u64, u64)> =
+                vec![(&counts, 0, nc as u64 * 4), (&self.status, 0, 4)];
+            if read_slots {
+                reads.push((&slots, 0, slots_bytes));
+            }
+            let bytes = ctx.submit_and_read(enc, &reads)?;
+            let cb = nc * 4;
+            let counts_v: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes[..cb]);
+            let status: u32 = bytemuck::pod_read_unaligned(&bytes[cb..cb + 4]);
+            let slot_bytes = read_slots.then(|| bytes[cb + 4..].to_vec());
+            Ok((state_out, counts_v, status, slot_bytes))
+        })
+    }
+
+    /// A host chunk: upload, run, read the events back.
+    pub(crate) fn process_host(
+        &mut self,
+        p: &Params,
+        thr: &[f64],
+        chunk: ArrayView2<'_, f32>,
+        start: u64,
+    ) -> Result<Vec<Event>> {
+        let (n, nc) = chunk.dim();
+        let data = chunk.as_standard_layout();
+        let flat = data
+            .as_slice()
+            .ok_or_else(|| Error::DeviceArray("chunk not contiguous after copy".into()))?;
+        let bytes: &[u8] = bytemuck::cast_slice(flat);
+        let ctx = self.ctx.clone();
+        let buf = ctx.scoped(|| {
+            let buf = self.input.ensure(&ctx, bytes.len() as u64).clone();
+            write_padded(&ctx, &buf, 0, bytes);
+            Ok(buf)
+        })?;
+        let out = self.run(p, thr, &buf, n, nc, true);
+        let out = out?;
+        let slots = out.slots.unwrap_or_default();
+        Ok(decode(&out.counts, out.capacity, &slots, start))
+    }
+
+    /// A device chunk: run, leave the events on the device.
+    pub(crate) fn process_device(
+        &mut self,
+        p: &Params,
+        thr: &[f64],
+        chunk: &DeviceArray,
+        start: u64,
+    ) -> Result<DeviceEvents> {
+        if !Arc::ptr_eq(chunk.context(), &self.ctx) {
+            return Err(Error::DeviceArray(
+                "the chunk lives on another GPU context".into(),
+            ));
+        }
+        let shape = chunk.shape();
+        let (n, nc) = (shape[0], shape[1]);
+        let buffer = chunk.buffer.clone();
+        let out = self.run(p, thr, &buffer, n, nc, false)?;
+        let (Some(slots), Some(counts)) = (self.slots.clone(), self.counts.clone()) else {
+            return Err(Error::Validation(
+                "event buffers missing after a run".into(),
+            ));
+        };
+        Ok(DeviceEvents {
+            slots,
+            counts,
+            capacity: out.capacity,
+            n_channels: nc,
+            chunk_start: start,
+            n_samples: n,
+        })
+    }
+
+    /// Reads device events back: counts and slots in one round trip.
+    pub(crate) fn events_to_host(&self, ev: &DeviceEvents) -> Result<Vec<Event>> {
+        let nc = ev.n_channels;
+        let slots_bytes = nc as u64 * ev.capacity as u64 * SLOT_BYTES;
+        let bytes = self.ctx.scoped(|| {
+            let enc = self.ctx.encoder();
+            self.ctx.submit_and_read(
+                enc,
+                &[(&ev.counts, 0, nc as u64 * 4), (&ev.slots, 0, slots_bytes)],
+            )
+        })?;
+        let counts: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes[..nc * 4]);
+        if let Some(c) = counts.iter().position(|&k| k > ev.capacity) {
+            return Err(Error::DeviceArray(format!(
+                "channel {c} holds {} events but has {} slots",
+                counts[c], ev.capacity
+            )));
+        }
+        Ok(decode(
+            &counts,
+            ev.capacity,
+            &bytes[nc * 4..],
+            ev.chunk_start,
+        ))
+    }
+}
+
+/// A binding of `size` bytes of `buffer` from `offset`.
+fn bind(buffer: &wgpu::Buffer, offset: u64, size: u64) -> wgpu::BindingResource<'_> {
+    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        buffer,
+        offset,
+        size: wgpu::BufferSize::new(size),
+    })
+}
+
+/// Host events from per-channel slots, sorted by `(sample, channel)`.
+fn decode(counts: &[u32], cap: u32, slots: &[u8], start: u64) -> Vec<Event> {
+    let words: Vec<u32> = bytemuck::pod_collect_to_vec(slots);
+    let mut events = Vec::with_capacity(counts.iter().map(|&k| k as usize).sum());
+    for (c, &k) in counts.iter().enumerate() {
+        for j in 0..k.min(cap) as usize {
+            let at = 2 * (c * cap as usize + j);
+            let (Some(&rel), Some(&val)) = (words.get(at), words.get(at + 1)) else {
+                continue;
+            };
+            let rel = rel as i32 as i64;
+            events.push(Event {
+                sample: start.wrapping_add_signed(rel),
+                channel: c as u32,
+                value: f32::from_bits(val),
+            });
+        }
+    }
+    events.sort_unstable_by_key(|e| (e.sample, e.channel));
+    events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The host structs have the shader's layout.
+    #[test]
+    fn host_structs_match_the_shader() {
+        let module = naga::front::wgsl::parse_str(THRESHOLD.source).expect("threshold.wgsl parses");
+        let span = |name: &str| {
+            module
+                .types
+                .iter()
+                .find(|(_, t)| t.name.as_deref() == Some(name))
+                .map(|(_, t)| t.inner.size(module.to_ctx()))
+                .unwrap_or_else(|| panic!("no struct {name}"))
+        };
+        assert_eq!(
+            span("Params") as usize,
+            std::mem::size_of::<DispatchParams>()
+        );
+        assert_eq!(span("State") as usize, std::mem::size_of::<InitState>());
+        assert_eq!(STATE_BYTES as usize, std::mem::size_of::<InitState>());
+    }
+
+    #[test]
+    fn comparison_values_are_exact() {
+        for t in [0.1f64, -0.1, 0.3, -60.0, 1e-40, -1e-40, 1e300, -1e300, 0.0] {
+            let (v, dir) = comparison_value(t);
+            assert_eq!(dir, if t >= 0.0 { 1.0 } else { -1.0 });
+            if t >= 0.0 {
+                assert!(v as f64 >= t && (v.next_down() as f64) < t, "{t}: {v}");
+            } else {
+                assert!(v as f64 <= t && (v.next_up() as f64) > t, "{t}: {v}");
+            }
+        }
+        assert_eq!(max_events(0), 1);
+        assert_eq!(max_events(5), 4);
+        assert_eq!(align_step(32, 148), 8);
+        assert_eq!(align_step(256, 1024), 1);
+    }
+}
