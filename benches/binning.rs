@@ -9,14 +9,17 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ndarray::{s, Array2};
-use neurokernels::{Aggregation, BinnedActivation, BinningSettings, Engine, Event, GpuOptions, Kernel};
+use neurokernels::{
+    Aggregation, BinnedActivation, BinningSettings, Engine, Event, GpuOptions, Kernel,
+};
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64;
 
 const FS: f64 = 30_000.0;
 
 fn engines() -> Vec<(&'static str, Engine)> {
-    let gpu = Engine::gpu(&GpuOptions::software_ok()).expect("benches need a GPU adapter (set WGPU_BACKEND)");
+    let gpu = Engine::gpu(&GpuOptions::software_ok())
+        .expect("benches need a GPU adapter (set WGPU_BACKEND)");
     eprintln!("GPU engine: {}", gpu.describe());
     vec![("cpu", Engine::cpu()), ("gpu", gpu)]
 }
@@ -24,7 +27,10 @@ fn engines() -> Vec<(&'static str, Engine)> {
 /// A dense raster with ~1 % of samples set.
 fn raster(n: usize, nc: usize, seed: u64) -> Array2<f32> {
     let mut rng = Pcg64::seed_from_u64(seed);
-    Array2::from_shape_fn((n, nc), |_| if rng.random::<f32>() < 0.01 { 1.0 } else { 0.0 })
+    Array2::from_shape_fn(
+        (n, nc),
+        |_| if rng.random::<f32>() < 0.01 { 1.0 } else { 0.0 },
+    )
 }
 
 fn count_sum() -> BinningSettings {
@@ -54,12 +60,16 @@ fn dense_count_sum(c: &mut Criterion) {
         let x = raster(30_000, nc, 1);
         let mut g = c.benchmark_group(format!("dense_count_sum_1s_{nc}ch"));
         g.throughput(Throughput::Elements((x.len()) as u64));
-        g.sample_size(10).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_millis(500));
+        g.sample_size(10)
+            .measurement_time(Duration::from_secs(3))
+            .warm_up_time(Duration::from_millis(500));
         for (name, e) in &engines {
             for chunk in [3_000usize, 30_000] {
-                g.bench_with_input(BenchmarkId::new(*name, format!("chunks_of_{chunk}")), &chunk, |b, &chunk| {
-                    b.iter(|| black_box(stream(e, count_sum(), &x, chunk)))
-                });
+                g.bench_with_input(
+                    BenchmarkId::new(*name, format!("chunks_of_{chunk}")),
+                    &chunk,
+                    |b, &chunk| b.iter(|| black_box(stream(e, count_sum(), &x, chunk))),
+                );
             }
         }
         g.finish();
@@ -85,11 +95,14 @@ fn sparse_exp_last(c: &mut Criterion) {
     let ev = sparse_events(2);
     let mut g = c.benchmark_group("sparse_exp_last_10s_384ch");
     g.throughput(Throughput::Elements(ev.len() as u64));
-    g.sample_size(10).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_millis(500));
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_millis(500));
     for (name, e) in &engines {
         g.bench_function(*name, |b| {
             b.iter(|| {
-                let mut op = BinnedActivation::new(e, BinningSettings::default(), FS).expect("operator");
+                let mut op =
+                    BinnedActivation::new(e, BinningSettings::default(), FS).expect("operator");
                 let mut i = 0;
                 for k in 0..10u64 {
                     let end = (k + 1) * 30_000;

@@ -3,7 +3,12 @@
 //   dense_finish — per (segment, channel): incoming state composed from the carried state and
 //                  earlier segments' contributions, then the segment walked sample by sample;
 //   sparse       — per channel: jumps between events, O(events + bins).
-// A segment is the part of one bin inside the chunk; the last segment is the bin left open.
+// A segment is the part of one bin inside the chunk (a long bin is cut into pieces); the last
+// segment is the bin left open. The host cuts the chunk's segments into windows, one dispatch
+// (two for dense_local + dense_finish) each, run in order within one submission, the state
+// passed from window to window through the state buffers. Windows bound the loop iterations
+// of every invocation (at most 4 096 segments and 16 384 samples per window), since some
+// drivers (Mesa llvmpipe) silently stop an invocation after 65 535 loop iterations.
 // kind: 0 Count, 1 Exponential, 2 Alpha. agg: 0 Last, 1 Mean, 2 Sum, 3 Max.
 
 struct Params {
@@ -15,6 +20,10 @@ struct Params {
     scale: u32,
     input_u8: u32,
     cap: u32,
+    merged: u32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
     wscale: f32,
     inv_tau: f32,
     d_hi: f32,
@@ -30,6 +39,14 @@ struct Seg {
     pad0: u32,
     pad1: u32,
     pad2: u32,
+}
+
+// The window of segments one dispatch covers.
+struct Win {
+    seg0: u32,
+    seg1: u32,
+    pad0: u32,
+    pad1: u32,
 }
 
 // No sample seen yet in the open bin (a finite sentinel: some compilers assume no infinities).
@@ -55,6 +72,7 @@ const NO_MAX: f32 = -3.4028235e38;
 @group(0) @binding(11) var<storage, read_write> summ_n: array<u32>;
 // [0]: number of events outside their chunk (device events only).
 @group(0) @binding(12) var<storage, read_write> flags: array<atomic<u32>>;
+@group(0) @binding(13) var<uniform> W: Win;
 
 fn thread_id(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
     return (wid.x + wid.y * nwg.x) * 64u + lid.x;
@@ -84,29 +102,31 @@ fn decay1(x: f32) -> f32 {
     return fma(x, P.d_hi, x * P.d_lo);
 }
 
-// (d^L, G(L), H(L)) composed from the jump table; positive terms only.
-fn jump(l: u32) -> vec3<f32> {
-    var p = 1.0;
-    var g = 0.0;
-    var h = 0.0;
-    var done = 0.0;
-    var bits = l;
-    var j = 0u;
-    loop {
-        if (bits == 0u) {
-            break;
-        }
-        if ((bits & 1u) == 1u) {
-            let e = J[j];
-            h = h + p * (e.z + done * e.y);
-            g = g + p * e.y;
-            p = p * e.x;
-            done = done + f32(1u << j);
-        }
-        bits = bits >> 1u;
-        j = j + 1u;
+// One step of `jump`: composes the block of 2^j samples when bit j of l is set.
+fn jump_bit(acc: vec4<f32>, l: u32, j: u32) -> vec4<f32> {
+    if (((l >> j) & 1u) == 0u) {
+        return acc;
     }
-    return vec3<f32>(p, g, h);
+    let e = J[j];
+    // acc = (d^done, G(done), H(done), done)
+    let h = acc.z + acc.x * (e.z + acc.w * e.y);
+    let g = acc.y + acc.x * e.y;
+    return vec4<f32>(acc.x * e.x, g, h, acc.w + f32(1u << j));
+}
+
+// (d^L, G(L), H(L)) composed from the jump table; positive terms only. Written without a
+// loop (32 straight-line steps) so it costs no loop iterations.
+fn jump(l: u32) -> vec3<f32> {
+    var a = vec4<f32>(1.0, 0.0, 0.0, 0.0);
+    a = jump_bit(a, l, 0u); a = jump_bit(a, l, 1u); a = jump_bit(a, l, 2u); a = jump_bit(a, l, 3u);
+    a = jump_bit(a, l, 4u); a = jump_bit(a, l, 5u); a = jump_bit(a, l, 6u); a = jump_bit(a, l, 7u);
+    a = jump_bit(a, l, 8u); a = jump_bit(a, l, 9u); a = jump_bit(a, l, 10u); a = jump_bit(a, l, 11u);
+    a = jump_bit(a, l, 12u); a = jump_bit(a, l, 13u); a = jump_bit(a, l, 14u); a = jump_bit(a, l, 15u);
+    a = jump_bit(a, l, 16u); a = jump_bit(a, l, 17u); a = jump_bit(a, l, 18u); a = jump_bit(a, l, 19u);
+    a = jump_bit(a, l, 20u); a = jump_bit(a, l, 21u); a = jump_bit(a, l, 22u); a = jump_bit(a, l, 23u);
+    a = jump_bit(a, l, 24u); a = jump_bit(a, l, 25u); a = jump_bit(a, l, 26u); a = jump_bit(a, l, 27u);
+    a = jump_bit(a, l, 28u); a = jump_bit(a, l, 29u); a = jump_bit(a, l, 30u); a = jump_bit(a, l, 31u);
+    return a.xyz;
 }
 
 fn add_cum(c: vec2<u32>, n: u32) -> vec2<u32> {
@@ -155,24 +175,34 @@ fn stretch(r: ptr<function, Run>, l: u32) {
     let e = (*r).e;
     let a = (*r).a;
     let it = P.inv_tau;
+    let want_sum = P.agg == 1u || P.agg == 2u;
+    let want_max = P.agg == 3u;
     if (P.kind == 1u) {
-        (*r).sum = (*r).sum + e * jl.y;
-        (*r).mx = max((*r).mx, max(e, e * jump(l - 1u).x));
+        if (want_sum) {
+            (*r).sum = (*r).sum + e * jl.y;
+        }
+        if (want_max) {
+            (*r).mx = max((*r).mx, max(e, e * jump(l - 1u).x));
+        }
         (*r).e = e * jl.x;
         return;
     }
-    (*r).sum = (*r).sum + a * jl.y + e * it * jl.z;
-    var m = max(a, jump(l - 1u).x * (a + f32(l - 1u) * e * it));
-    if (e != 0.0) {
-        let star = (1.0 - a / e) / it;
-        if (star > 0.0 && star < f32(l - 1u)) {
-            let i0 = u32(floor(star));
-            let i1 = min(i0 + 1u, l - 1u);
-            m = max(m, jump(i0).x * (a + f32(i0) * e * it));
-            m = max(m, jump(i1).x * (a + f32(i1) * e * it));
-        }
+    if (want_sum) {
+        (*r).sum = (*r).sum + a * jl.y + e * it * jl.z;
     }
-    (*r).mx = max((*r).mx, m);
+    if (want_max) {
+        var m = max(a, jump(l - 1u).x * (a + f32(l - 1u) * e * it));
+        if (e != 0.0) {
+            let star = (1.0 - a / e) / it;
+            if (star > 0.0 && star < f32(l - 1u)) {
+                let i0 = u32(floor(star));
+                let i1 = min(i0 + 1u, l - 1u);
+                m = max(m, jump(i0).x * (a + f32(i0) * e * it));
+                m = max(m, jump(i1).x * (a + f32(i1) * e * it));
+            }
+        }
+        (*r).mx = max((*r).mx, m);
+    }
     (*r).a = jl.x * (a + f32(l) * e * it);
     (*r).e = e * jl.x;
 }
@@ -197,12 +227,18 @@ fn step(r: ptr<function, Run>, w: f32) {
     (*r).mx = max((*r).mx, act);
 }
 
-// Writes a finished segment: its bin, or the carried state for the open bin.
-fn finish(c: u32, sg: Seg, r: Run) {
+// Writes a finished segment: its bin (if it completes one), and, for the window's last
+// segment, the state the next window or chunk starts from.
+fn finish(c: u32, j: u32, sg: Seg, r: Run) {
     if (sg.row >= 0) {
         out[u32(sg.row) * P.n_ch + c] = bin_value(r) * sg.out_scale;
-    } else {
-        state_out[c] = vec4<f32>(r.e, r.a, r.sum, r.mx);
+    }
+    if (j + 1u == W.seg1) {
+        if (sg.row >= 0) {
+            state_out[c] = vec4<f32>(r.e, r.a, 0.0, NO_MAX);
+        } else {
+            state_out[c] = vec4<f32>(r.e, r.a, r.sum, r.mx);
+        }
         cum_out[c] = r.cum;
     }
 }
@@ -226,11 +262,11 @@ fn start_run(c: u32, sg: Seg, e: f32, a: f32, cum: vec2<u32>) -> Run {
 fn dense_local(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_id) lid: vec3<u32>) {
     let id = thread_id(wid, nwg, lid);
-    if (id >= P.n_seg * P.n_ch) {
+    if (id >= (W.seg1 - W.seg0) * P.n_ch) {
         return;
     }
-    let j = id / P.n_ch;
-    let c = id - j * P.n_ch;
+    let j = W.seg0 + id / P.n_ch;
+    let c = id % P.n_ch;
     let sg = segs[j];
     var r: Run;
     r.e = 0.0;
@@ -241,24 +277,24 @@ fn dense_local(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     for (var s = sg.start; s < sg.end; s = s + 1u) {
         step(&r, weight_of(sample_value(s, c)));
     }
-    summ[id] = vec4<f32>(r.e, r.a, 0.0, 0.0);
-    summ_n[id] = r.cum.x;
+    summ[j * P.n_ch + c] = vec4<f32>(r.e, r.a, 0.0, 0.0);
+    summ_n[j * P.n_ch + c] = r.cum.x;
 }
 
 @compute @workgroup_size(64)
 fn dense_finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_id) lid: vec3<u32>) {
     let id = thread_id(wid, nwg, lid);
-    if (id >= P.n_seg * P.n_ch) {
+    if (id >= (W.seg1 - W.seg0) * P.n_ch) {
         return;
     }
-    let j = id / P.n_ch;
-    let c = id - j * P.n_ch;
-    // Incoming state: the carried state pushed through the segments before this one.
+    let j = W.seg0 + id / P.n_ch;
+    let c = id % P.n_ch;
+    // Incoming state: the carried state pushed through the window's segments before this one.
     var e = state_in[c].x;
     var a = state_in[c].y;
     var cum = cum_in[c];
-    for (var i = 0u; i < j; i = i + 1u) {
+    for (var i = W.seg0; i < j; i = i + 1u) {
         let si = segs[i];
         let k = i * P.n_ch + c;
         let loc = summ[k];
@@ -267,9 +303,9 @@ fn dense_finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
             cum = add_cum(cum, summ_n[k]);
         } else {
             let l = si.end - si.start;
-            let jl = jump(l);
-            a = jl.x * (a + f32(l) * e * P.inv_tau) + loc.y;
-            e = jl.x * e + loc.x;
+            let dl = jump(l).x;
+            a = dl * (a + f32(l) * e * P.inv_tau) + loc.y;
+            e = dl * e + loc.x;
         }
     }
     let sg = segs[j];
@@ -277,7 +313,12 @@ fn dense_finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     for (var s = sg.start; s < sg.end; s = s + 1u) {
         step(&r, weight_of(sample_value(s, c)));
     }
-    finish(c, sg, r);
+    finish(c, j, sg, r);
+}
+
+// Relative sample of channel c's k-th event.
+fn ev_rel(base: u32, k: u32) -> i32 {
+    return bitcast<i32>(input[2u * (base + k)]);
 }
 
 @compute @workgroup_size(64)
@@ -288,23 +329,37 @@ fn sparse(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         return;
     }
     let n_ev = min(counts[c], P.cap);
-    if (counts[c] > P.cap) {
+    let base = c * P.cap;
+    let first = W.seg0 == 0u;
+    let last = W.seg1 == P.n_seg;
+    if (first && counts[c] > P.cap) {
         atomicAdd(&flags[0], 1u);
     }
-    let base = c * P.cap;
-    var i = 0u;
-    var st = state_in[c];
+    // First event of the window: binary search over the channel's sorted events.
+    let w_start = i32(segs[W.seg0].start);
+    var lo = 0u;
+    var hi = n_ev;
+    loop {
+        if (lo >= hi) {
+            break;
+        }
+        let mid = (lo + hi) / 2u;
+        if (ev_rel(base, mid) < w_start) {
+            lo = mid + 1u;
+        } else {
+            hi = mid;
+        }
+    }
+    var i = lo;
+    // Events before the chunk (negative samples) are rejected: the chunk is not accepted.
+    if (first && lo > 0u) {
+        atomicAdd(&flags[0], 1u);
+    }
+    let st = state_in[c];
     var e = st.x;
     var a = st.y;
     var cum = cum_in[c];
-    // Events before the chunk or past its end are rejected (the chunk is then not accepted).
-    for (var k = 0u; k < n_ev; k = k + 1u) {
-        let rel = bitcast<i32>(input[2u * (base + k)]);
-        if (rel < 0 || u32(rel) >= P.n_samples) {
-            atomicAdd(&flags[0], 1u);
-        }
-    }
-    for (var j = 0u; j < P.n_seg; j = j + 1u) {
+    for (var j = W.seg0; j < W.seg1; j = j + 1u) {
         let sg = segs[j];
         var r = start_run(c, sg, e, a, cum);
         var cur = sg.start;
@@ -312,8 +367,7 @@ fn sparse(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
             if (i >= n_ev) {
                 break;
             }
-            let t_i = bitcast<i32>(input[2u * (base + i)]);
-            let t = u32(max(t_i, 0));
+            let t = u32(ev_rel(base, i));
             if (t >= sg.end) {
                 break;
             }
@@ -323,12 +377,12 @@ fn sparse(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
                 if (i >= n_ev) {
                     break;
                 }
-                if (u32(max(bitcast<i32>(input[2u * (base + i)]), 0)) != t) {
+                if (u32(ev_rel(base, i)) != t) {
                     break;
                 }
                 let v = bitcast<f32>(input[2u * (base + i) + 1u]);
-                w = w + select(1.0, v, P.scale == 1u) * P.wscale;
-                n = n + 1u;
+                w = w + select(1.0, v, P.scale == 1u || P.merged == 1u) * P.wscale;
+                n = n + select(1u, u32(v), P.merged == 1u && P.scale == 0u);
                 i = i + 1u;
             }
             stretch(&r, t - min(cur, t));
@@ -344,9 +398,13 @@ fn sparse(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
             }
         }
         stretch(&r, sg.end - min(cur, sg.end));
-        finish(c, sg, r);
+        finish(c, j, sg, r);
         e = r.e;
         a = r.a;
         cum = r.cum;
+    }
+    // Events at or past the chunk's end are rejected too.
+    if (last && i < n_ev) {
+        atomicAdd(&flags[0], 1u);
     }
 }

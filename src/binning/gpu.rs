@@ -1,6 +1,15 @@
-//! The GPU half of binned kernel activation: buffers, state kept on the device between chunks
-//! (double-buffered: read from one copy, write the other, swap when the chunk is accepted),
+//! The GPU half of binned kernel activation: buffers, state kept on the device between chunks,
 //! and the dispatches of `shaders/binning.wgsl`.
+//!
+//! A chunk's segments are cut into *windows* (one dispatch each, two for dense input with
+//! carried recurrences), run in order in one submission; each window reads the state the
+//! previous one wrote. Windows bound the work of every invocation: at most
+//! [`MAX_WINDOW_SEGS`] segments and [`MAX_SPAN`] samples (a longer bin is cut into pieces),
+//! so no invocation runs more than about 20 000 loop iterations — some drivers (Mesa's
+//! llvmpipe) silently stop an invocation after 65 535. The state lives in a ring of three
+//! buffers: the committed one is only read; windows write the other two in turn; the
+//! committed index moves to the last one written only when the chunk is accepted, so an
+//! error leaves the stream as it was.
 
 use std::sync::Arc;
 
@@ -14,7 +23,7 @@ use crate::gpu::{grid, write_padded, Binding, DType, DeviceArray, GpuContext, Gr
 use crate::shaders::BINNING;
 
 /// Group 0 of `binning.wgsl`, binding by binding.
-const LAYOUT: [Binding; 13] = [
+const LAYOUT: [Binding; 14] = [
     Binding::Uniform,
     Binding::Uniform,
     Binding::Read,
@@ -28,12 +37,19 @@ const LAYOUT: [Binding; 13] = [
     Binding::ReadWrite,
     Binding::ReadWrite,
     Binding::ReadWrite,
+    Binding::Uniform,
 ];
 
 /// Threads per workgroup in `binning.wgsl`.
 const WG: u32 = 64;
 /// Finite "no sample yet" sentinel for the partial max (matches `NO_MAX` in the shader).
 const NO_MAX: f32 = -f32::MAX;
+/// Most samples one window spans (and one piece of a bin holds).
+pub(crate) const MAX_SPAN: u64 = 16_384;
+/// Most segments in one window.
+pub(crate) const MAX_WINDOW_SEGS: usize = 4_096;
+/// Stride of the per-window uniforms (WebGPU's largest `min_uniform_buffer_offset_alignment`).
+const WIN_STRIDE: u64 = 256;
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Pod, Zeroable)]
@@ -46,6 +62,8 @@ struct GpuParams {
     scale: u32,
     input_u8: u32,
     cap: u32,
+    merged: u32,
+    pad: [u32; 3],
     wscale: f32,
     inv_tau: f32,
     d_hi: f32,
@@ -63,26 +81,43 @@ struct GpuSeg {
     pad: [u32; 3],
 }
 
+/// What a chunk's input is.
+enum Input<'a> {
+    /// Dense samples in a buffer (bytes or `f32`).
+    Dense {
+        buffer: &'a wgpu::Buffer,
+        bytes: bool,
+    },
+    /// Events in per-channel slots.
+    Sparse {
+        slots: &'a wgpu::Buffer,
+        counts: &'a wgpu::Buffer,
+        cap: u32,
+        merged: bool,
+    },
+}
+
 /// Device buffers and pipelines of one binning stream.
 #[derive(Debug)]
 pub(crate) struct GpuBinning {
     ctx: Arc<GpuContext>,
     params: wgpu::Buffer,
     jumps: wgpu::Buffer,
+    windows: Option<wgpu::Buffer>,
     base: GpuParams,
     segs: GrowBuffer,
     input: GrowBuffer,
     counts: GrowBuffer,
-    state: [GrowBuffer; 2],
-    cum: [GrowBuffer; 2],
-    /// Which of the two state copies is current.
+    state: [GrowBuffer; 3],
+    cum: [GrowBuffer; 3],
+    /// Which state copy is committed.
     cur: usize,
-    /// Whether the state copies hold this stream's state (else they are zeroed on next use).
+    /// Whether the committed copy holds this stream's state (else it is zeroed on next use).
     initialized: bool,
     summ: GrowBuffer,
     summ_n: GrowBuffer,
     flags: GrowBuffer,
-    /// Host output buffer (reused), and the last device output (reused when its caller let go).
+    /// Host output buffer (reused), and the last device output (reused once its caller let go).
     out: GrowBuffer,
     dev_out: Option<Arc<wgpu::Buffer>>,
     pipe_local: wgpu::ComputePipeline,
@@ -90,15 +125,72 @@ pub(crate) struct GpuBinning {
     pipe_sparse: wgpu::ComputePipeline,
 }
 
-fn uniform(ctx: &GpuContext, bytes: &[u8], label: &str) -> wgpu::Buffer {
-    let buf = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+fn uniform(ctx: &GpuContext, size: u64, label: &str) -> wgpu::Buffer {
+    ctx.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
-        size: bytes.len() as u64,
+        size,
         usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
-    });
-    ctx.queue.write_buffer(&buf, 0, bytes);
-    buf
+    })
+}
+
+/// The chunk's segments as the GPU sees them (long bins cut into pieces), and the windows.
+///
+/// A segment's *work* is what one invocation loops over for it: its samples for dense input;
+/// for events at most `ev_bound` (the most events one channel holds in the chunk) and never
+/// more than its samples (after merging, a channel has at most one event per sample). A
+/// window holds at most [`MAX_WINDOW_SEGS`] segments and [`MAX_SPAN`] work.
+fn gpu_segments(plan: &Plan, ev_bound: Option<u64>) -> (Vec<GpuSeg>, Vec<[u32; 2]>) {
+    let work = |len: u64| ev_bound.map_or(len, |b| len.min(b));
+    let mut segs = Vec::with_capacity(plan.segments.len());
+    let mut windows = Vec::new();
+    let (mut w0, mut span) = (0usize, 0u64);
+    for s in &plan.segments {
+        let mut start = s.start;
+        let mut cont = s.continues;
+        loop {
+            let end = if work(s.end - start) > MAX_SPAN {
+                start + MAX_SPAN
+            } else {
+                s.end
+            };
+            let whole = end == s.end;
+            let w = work(end - start);
+            // Close the window before this piece if it would overflow.
+            if segs.len() > w0 && (span + w > MAX_SPAN || segs.len() - w0 >= MAX_WINDOW_SEGS) {
+                windows.push([w0 as u32, segs.len() as u32]);
+                w0 = segs.len();
+                span = 0;
+            }
+            segs.push(GpuSeg {
+                start: start as u32,
+                end: end as u32,
+                row: if whole {
+                    s.row.map_or(-1, |r| r as i32)
+                } else {
+                    -1
+                },
+                cont: cont as u32,
+                out_scale: s.out_scale as f32,
+                pad: [0; 3],
+            });
+            span += w;
+            if whole {
+                break;
+            }
+            // A piece that does not finish its bin ends its window: the next piece continues
+            // from the partial sums it leaves in the state.
+            windows.push([w0 as u32, segs.len() as u32]);
+            w0 = segs.len();
+            span = 0;
+            start = end;
+            cont = true;
+        }
+    }
+    if segs.len() > w0 {
+        windows.push([w0 as u32, segs.len() as u32]);
+    }
+    (segs, windows)
 }
 
 impl GpuBinning {
@@ -118,27 +210,41 @@ impl GpuBinning {
             scale: p.scale_by_value as u32,
             input_u8: 0,
             cap: 0,
+            merged: 0,
+            pad: [0; 3],
             wscale: p.wscale as f32,
             inv_tau: jt.inv_tau as f32,
             d_hi,
             d_lo: (jt.d - d_hi as f64) as f32,
         };
         ctx.scoped(|| {
+            let params = uniform(
+                ctx,
+                std::mem::size_of::<GpuParams>() as u64,
+                "binning-params",
+            );
+            let rows = jt.gpu_rows();
+            let jumps = uniform(ctx, (rows.len() * 16) as u64, "binning-jumps");
+            ctx.queue
+                .write_buffer(&jumps, 0, bytemuck::cast_slice(&rows));
             Ok(GpuBinning {
                 ctx: ctx.clone(),
-                params: uniform(ctx, bytemuck::bytes_of(&base), "binning-params"),
-                jumps: uniform(ctx, bytemuck::cast_slice(&jt.gpu_rows()), "binning-jumps"),
+                params,
+                jumps,
+                windows: None,
                 base,
                 segs: GrowBuffer::new("binning-segs"),
                 input: GrowBuffer::new("binning-input"),
                 counts: GrowBuffer::new("binning-counts"),
                 state: [
-                    GrowBuffer::new("binning-state-a"),
-                    GrowBuffer::new("binning-state-b"),
+                    GrowBuffer::new("binning-state-0"),
+                    GrowBuffer::new("binning-state-1"),
+                    GrowBuffer::new("binning-state-2"),
                 ],
                 cum: [
-                    GrowBuffer::new("binning-cum-a"),
-                    GrowBuffer::new("binning-cum-b"),
+                    GrowBuffer::new("binning-cum-0"),
+                    GrowBuffer::new("binning-cum-1"),
+                    GrowBuffer::new("binning-cum-2"),
                 ],
                 cur: 0,
                 initialized: false,
@@ -159,63 +265,29 @@ impl GpuBinning {
         self.initialized = false;
     }
 
-    /// Largest number of rows of `nc` channels one dense dispatch can bind.
+    /// Largest number of rows of `nc` channels one dense input binding can hold.
     pub fn max_rows(&self, nc: usize, byte_input: bool) -> usize {
         let per_row = if byte_input { nc } else { nc * 4 };
         ((self.ctx.max_binding() as usize) / per_row.max(1)).clamp(1, u32::MAX as usize / nc.max(1))
     }
 
-    /// Makes sure the state buffers exist for `nc` channels and hold this stream's state.
+    /// Makes sure the state buffers exist for `nc` channels and the committed one holds this
+    /// stream's state.
     fn prepare_state(&mut self, nc: usize) {
         let ctx = &self.ctx;
-        for k in 0..2 {
+        for k in 0..3 {
             self.state[k].ensure(ctx, 16 * nc as u64);
             self.cum[k].ensure(ctx, 8 * nc as u64);
         }
         if !self.initialized {
             let st: Vec<[f32; 4]> = vec![[0.0, 0.0, 0.0, NO_MAX]; nc];
             let cum = vec![0u32; 2 * nc];
-            let (s, c) = (
-                self.state[self.cur].ensure(ctx, 0),
-                self.cum[self.cur].ensure(ctx, 0),
-            );
+            let s = self.state[self.cur].ensure(ctx, 0);
+            let c = self.cum[self.cur].ensure(ctx, 0);
             ctx.queue.write_buffer(&s, 0, bytemuck::cast_slice(&st));
             ctx.queue.write_buffer(&c, 0, bytemuck::cast_slice(&cum));
             self.initialized = true;
         }
-    }
-
-    /// Uploads the segment table and parameters of a chunk.
-    fn upload_plan(&mut self, plan: &Plan, nc: usize, n: usize, input_u8: bool, cap: u32) {
-        let segs: Vec<GpuSeg> = plan
-            .segments
-            .iter()
-            .map(|s| GpuSeg {
-                start: s.start as u32,
-                end: s.end as u32,
-                row: s.row.map_or(-1, |r| r as i32),
-                cont: s.continues as u32,
-                out_scale: s.out_scale as f32,
-                pad: [0; 3],
-            })
-            .collect();
-        let buf = self.segs.ensure(&self.ctx, (segs.len() * 32) as u64);
-        self.ctx
-            .queue
-            .write_buffer(&buf, 0, bytemuck::cast_slice(&segs));
-        let p = GpuParams {
-            n_ch: nc as u32,
-            n_seg: segs.len() as u32,
-            n_samples: n as u32,
-            input_u8: input_u8 as u32,
-            cap,
-            ..self.base
-        };
-        self.ctx
-            .queue
-            .write_buffer(&self.params, 0, bytemuck::bytes_of(&p));
-        let flags = self.flags.ensure(&self.ctx, 16);
-        self.ctx.queue.write_buffer(&flags, 0, &[0u8; 16]);
     }
 
     /// The output buffer for a device result: the previous one if its caller let go of it.
@@ -234,79 +306,138 @@ impl GpuBinning {
         b
     }
 
-    /// Records the chunk's dispatches into an encoder.
+    /// Uploads the chunk's segments, parameters and windows, and records its dispatches.
+    /// Returns the encoder and the state index the chunk's last window writes.
     fn record(
         &mut self,
         plan: &Plan,
         nc: usize,
-        sparse: bool,
-        input: &wgpu::Buffer,
-        counts: Option<&wgpu::Buffer>,
+        n: usize,
+        input: Input<'_>,
         out: &wgpu::Buffer,
-    ) -> wgpu::CommandEncoder {
-        let ctx = &self.ctx;
-        let n_seg = plan.segments.len();
-        let summ = self.summ.ensure(ctx, (16 * n_seg * nc) as u64);
-        let summ_n = self.summ_n.ensure(ctx, (4 * n_seg * nc) as u64);
-        let counts = match counts {
-            Some(c) => c.clone(),
-            None => self.counts.ensure(ctx, 16),
+    ) -> (wgpu::CommandEncoder, usize) {
+        let ctx = self.ctx.clone();
+        let ev_bound = match input {
+            Input::Dense { .. } => None,
+            Input::Sparse { cap, .. } => Some(cap as u64),
         };
-        let (cur, next) = (self.cur, 1 - self.cur);
-        let bufs = [
-            self.segs.ensure(ctx, 0),
-            self.state[cur].ensure(ctx, 0),
-            self.cum[cur].ensure(ctx, 0),
-            self.state[next].ensure(ctx, 0),
-            self.cum[next].ensure(ctx, 0),
-            self.flags.ensure(ctx, 16),
-        ];
-        let resources = [
-            self.params.as_entire_binding(),
-            self.jumps.as_entire_binding(),
-            bufs[0].as_entire_binding(),
-            input.as_entire_binding(),
-            counts.as_entire_binding(),
-            bufs[1].as_entire_binding(),
-            bufs[2].as_entire_binding(),
-            bufs[3].as_entire_binding(),
-            bufs[4].as_entire_binding(),
-            out.as_entire_binding(),
-            summ.as_entire_binding(),
-            summ_n.as_entire_binding(),
-            bufs[5].as_entire_binding(),
-        ];
+        let (segs, windows) = gpu_segments(plan, ev_bound);
+        let segs_buf = self.segs.ensure(&ctx, (segs.len() * 32) as u64);
+        ctx.queue
+            .write_buffer(&segs_buf, 0, bytemuck::cast_slice(&segs));
+        let (sparse, in_buf, counts, bytes, cap, merged) = match input {
+            Input::Dense { buffer, bytes } => (
+                false,
+                buffer.clone(),
+                self.counts.ensure(&ctx, 16),
+                bytes,
+                0,
+                false,
+            ),
+            Input::Sparse {
+                slots,
+                counts,
+                cap,
+                merged,
+            } => (true, slots.clone(), counts.clone(), false, cap, merged),
+        };
+        let p = GpuParams {
+            n_ch: nc as u32,
+            n_seg: segs.len() as u32,
+            n_samples: n as u32,
+            input_u8: bytes as u32,
+            cap,
+            merged: merged as u32,
+            ..self.base
+        };
+        ctx.queue
+            .write_buffer(&self.params, 0, bytemuck::bytes_of(&p));
+        let flags = self.flags.ensure(&ctx, 16);
+        ctx.queue.write_buffer(&flags, 0, &[0u8; 16]);
+        let win_bytes = windows.len() as u64 * WIN_STRIDE;
+        if self.windows.as_ref().is_none_or(|w| w.size() < win_bytes) {
+            self.windows = Some(uniform(
+                &ctx,
+                win_bytes.next_power_of_two(),
+                "binning-windows",
+            ));
+        }
+        let win_buf = self
+            .windows
+            .clone()
+            .unwrap_or_else(|| uniform(&ctx, win_bytes, "binning-windows"));
+        let mut win_data = vec![0u8; win_bytes as usize];
+        for (k, w) in windows.iter().enumerate() {
+            let at = k * WIN_STRIDE as usize;
+            win_data[at..at + 8].copy_from_slice(bytemuck::cast_slice(w));
+        }
+        ctx.queue.write_buffer(&win_buf, 0, &win_data);
+
+        let summ = self.summ.ensure(&ctx, (16 * segs.len() * nc) as u64);
+        let summ_n = self.summ_n.ensure(&ctx, (4 * segs.len() * nc) as u64);
+        let states: Vec<(wgpu::Buffer, wgpu::Buffer)> = (0..3)
+            .map(|k| (self.state[k].ensure(&ctx, 0), self.cum[k].ensure(&ctx, 0)))
+            .collect();
+        let needs_local = self.base.kind != 0 || self.base.agg == 0;
         let mut enc = ctx.encoder();
+        let (mut from, mut to) = (self.cur, (self.cur + 1) % 3);
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
-            let mut run = |pipe: &wgpu::ComputePipeline, threads: usize| {
-                let bg = ctx.bind(pipe, &resources);
-                pass.set_pipeline(pipe);
-                pass.set_bind_group(0, &bg, &[]);
-                let (x, y, z) = grid((threads as u32).div_ceil(WG));
-                pass.dispatch_workgroups(x, y, z);
-            };
-            if sparse {
-                run(&self.pipe_sparse, nc);
-            } else {
-                let needs_local = n_seg > 1 && (self.base.kind != 0 || self.base.agg == 0);
-                if needs_local {
-                    run(&self.pipe_local, n_seg * nc);
+            for (k, w) in windows.iter().enumerate() {
+                let resources = [
+                    self.params.as_entire_binding(),
+                    self.jumps.as_entire_binding(),
+                    segs_buf.as_entire_binding(),
+                    in_buf.as_entire_binding(),
+                    counts.as_entire_binding(),
+                    states[from].0.as_entire_binding(),
+                    states[from].1.as_entire_binding(),
+                    states[to].0.as_entire_binding(),
+                    states[to].1.as_entire_binding(),
+                    out.as_entire_binding(),
+                    summ.as_entire_binding(),
+                    summ_n.as_entire_binding(),
+                    flags.as_entire_binding(),
+                    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: &win_buf,
+                        offset: k as u64 * WIN_STRIDE,
+                        size: wgpu::BufferSize::new(16),
+                    }),
+                ];
+                let n_win = (w[1] - w[0]) as usize;
+                let mut run = |pipe: &wgpu::ComputePipeline, threads: usize| {
+                    let bg = ctx.bind(pipe, &resources);
+                    pass.set_pipeline(pipe);
+                    pass.set_bind_group(0, &bg, &[]);
+                    let (x, y, z) = grid((threads as u32).div_ceil(WG));
+                    pass.dispatch_workgroups(x, y, z);
+                };
+                if sparse {
+                    run(&self.pipe_sparse, nc);
+                } else {
+                    if needs_local && n_win > 1 {
+                        run(&self.pipe_local, n_win * nc);
+                    }
+                    run(&self.pipe_finish, n_win * nc);
                 }
-                run(&self.pipe_finish, n_seg * nc);
+                // The next window reads what this one wrote and writes the other scratch copy.
+                let other = 3 - self.cur - to;
+                from = to;
+                to = other;
             }
         }
-        enc
+        (enc, from)
     }
 
     /// Packs a host dense chunk into the input buffer.
-    fn upload_dense<T: DenseSample>(&mut self, chunk: ArrayView2<'_, T>) {
+    fn upload_dense<T: DenseSample>(&mut self, chunk: ArrayView2<'_, T>) -> wgpu::Buffer {
         let std = chunk.as_standard_layout();
         let data = std.as_slice().unwrap_or(&[]);
         if T::IS_BYTE {
             let bytes: Vec<u8> = data.iter().map(|x| x.to_u8()).collect();
             let buf = self.input.ensure(&self.ctx, bytes.len() as u64);
             write_padded(&self.ctx, &buf, 0, &bytes);
+            buf
         } else {
             let buf = self.input.ensure(&self.ctx, (data.len() * 4) as u64);
             match T::as_f32(data) {
@@ -316,50 +447,91 @@ impl GpuBinning {
                     write_padded(&self.ctx, &buf, 0, bytemuck::cast_slice(&words));
                 }
             }
+            buf
         }
+    }
+
+    /// Submits a recorded chunk, reads back `read` (and the error flag when `check`), and
+    /// commits the state when the device accepted the chunk.
+    fn finish(
+        &mut self,
+        enc: wgpu::CommandEncoder,
+        last: usize,
+        read: Option<(&wgpu::Buffer, u64)>,
+        check: bool,
+        n: usize,
+    ) -> Result<Vec<u8>> {
+        let flags = self.flags.ensure(&self.ctx, 16);
+        let mut ranges = Vec::new();
+        if let Some((b, len)) = read {
+            ranges.push((b, 0, len));
+        }
+        if check {
+            ranges.push((&flags, 0, 4));
+        }
+        let mut bytes = self.ctx.submit_and_read(enc, &ranges)?;
+        if check {
+            let at = bytes.len() - 4;
+            let bad = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+            bytes.truncate(at);
+            if bad > 0 {
+                return Err(Error::IndexOutOfRange {
+                    what: "device events: a sample outside the chunk, or more events than slots, on this many channels",
+                    index: bad as u64,
+                    bound: n as u64,
+                });
+            }
+        }
+        self.cur = last;
+        Ok(bytes)
+    }
+
+    fn to_array(bytes: &[u8], rows: usize, nc: usize) -> Result<Array2<f32>> {
+        let v: Vec<f32> = bytemuck::pod_collect_to_vec(bytes);
+        Array2::from_shape_vec((rows, nc), v).map_err(|e| Error::Readback(e.to_string()))
     }
 
     pub fn dense_host<T: DenseSample>(
         &mut self,
-        p: &Params,
         plan: &Plan,
         chunk: ArrayView2<'_, T>,
     ) -> Result<Array2<f32>> {
         let (n, nc) = chunk.dim();
-        let _ = p;
+        if n == 0 {
+            return Ok(Array2::zeros((0, nc)));
+        }
         let ctx = self.ctx.clone();
         let out_bytes = (plan.n_bins * nc * 4) as u64;
         let bytes = ctx.scoped(|| {
             self.prepare_state(nc);
-            self.upload_dense(chunk);
-            self.upload_plan(plan, nc, n, T::IS_BYTE, 0);
+            let input = self.upload_dense(chunk);
             let out = self.out.ensure(&ctx, out_bytes);
-            let input = self.input.ensure(&ctx, 0);
-            let enc = self.record(plan, nc, false, &input, None, &out);
-            ctx.submit_and_read(enc, &[(&out, 0, out_bytes)])
+            let (enc, last) = self.record(
+                plan,
+                nc,
+                n,
+                Input::Dense {
+                    buffer: &input,
+                    bytes: T::IS_BYTE,
+                },
+                &out,
+            );
+            self.finish(enc, last, Some((&out, out_bytes)), false, n)
         })?;
-        self.cur = 1 - self.cur;
-        let v: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
-        Array2::from_shape_vec((plan.n_bins, nc), v).map_err(|e| Error::Readback(e.to_string()))
+        Self::to_array(&bytes, plan.n_bins, nc)
     }
 
-    pub fn dense_device(
-        &mut self,
-        p: &Params,
-        plan: &Plan,
-        chunk: &DeviceArray,
-    ) -> Result<DeviceArray> {
-        let _ = p;
+    pub fn dense_device(&mut self, plan: &Plan, chunk: &DeviceArray) -> Result<DeviceArray> {
         if !Arc::ptr_eq(chunk.context(), &self.ctx) {
             return Err(Error::DeviceArray("chunk lives on another device".into()));
         }
-        let byte_input = match chunk.dtype() {
+        let bytes = match chunk.dtype() {
             DType::F32 => false,
             DType::U8 => true,
             DType::U32 => return Err(Error::DeviceArray("dense input must be f32 or u8".into())),
         };
         let (n, nc) = (chunk.shape()[0], chunk.shape()[1]);
-        if n > self.max_rows(nc, byte_input) {
+        if n > self.max_rows(nc, bytes) {
             return Err(Error::DeviceArray(format!(
                 "a device chunk of {n} rows × {nc} channels exceeds one binding; split it"
             )));
@@ -367,14 +539,23 @@ impl GpuBinning {
         let ctx = self.ctx.clone();
         let out_bytes = (plan.n_bins * nc * 4) as u64;
         let out = ctx.scoped(|| {
-            self.prepare_state(nc);
-            self.upload_plan(plan, nc, n, byte_input, 0);
             let out = self.device_out(out_bytes);
-            let enc = self.record(plan, nc, false, &chunk.buffer, None, &out);
-            ctx.submit_and_read(enc, &[])?;
+            if n > 0 {
+                self.prepare_state(nc);
+                let (enc, last) = self.record(
+                    plan,
+                    nc,
+                    n,
+                    Input::Dense {
+                        buffer: &chunk.buffer,
+                        bytes,
+                    },
+                    &out,
+                );
+                self.finish(enc, last, None, false, n)?;
+            }
             Ok(out)
         })?;
-        self.cur = 1 - self.cur;
         Ok(DeviceArray::from_buffer(
             &self.ctx,
             out,
@@ -383,29 +564,41 @@ impl GpuBinning {
         ))
     }
 
+    /// Host events: duplicates at one (channel, sample) are merged into one slot holding the
+    /// summed weight (events per channel per window are then bounded by its span).
     pub fn sparse_host(
         &mut self,
-        p: &Params,
         plan: &Plan,
         b: &Buckets,
         nc: usize,
+        scale: bool,
     ) -> Result<Array2<f32>> {
-        let _ = p;
-        let cap = (0..nc)
-            .map(|c| b.offsets[c + 1] - b.offsets[c])
-            .max()
-            .unwrap_or(0)
-            .max(1);
+        let n = plan.segments.last().map_or(0, |s| s.end) as usize;
+        if n == 0 {
+            return Ok(Array2::zeros((0, nc)));
+        }
+        let mut merged: Vec<Vec<(u32, f32)>> = Vec::with_capacity(nc);
+        for c in 0..nc {
+            let mut m: Vec<(u32, f64)> = Vec::new();
+            for i in b.offsets[c]..b.offsets[c + 1] {
+                let w = if scale { b.value[i] as f64 } else { 1.0 };
+                match m.last_mut() {
+                    Some(last) if last.0 == b.rel[i] => last.1 += w,
+                    _ => m.push((b.rel[i], w)),
+                }
+            }
+            merged.push(m.into_iter().map(|(t, w)| (t, w as f32)).collect());
+        }
+        let cap = merged.iter().map(Vec::len).max().unwrap_or(0).max(1);
         let mut slots = vec![0u32; nc * cap * 2];
         let mut counts = vec![0u32; nc];
-        for c in 0..nc {
-            for (k, i) in (b.offsets[c]..b.offsets[c + 1]).enumerate() {
-                slots[2 * (c * cap + k)] = b.rel[i];
-                slots[2 * (c * cap + k) + 1] = b.value[i].to_bits();
+        for (c, m) in merged.iter().enumerate() {
+            for (k, &(t, w)) in m.iter().enumerate() {
+                slots[2 * (c * cap + k)] = t;
+                slots[2 * (c * cap + k) + 1] = w.to_bits();
             }
-            counts[c] = (b.offsets[c + 1] - b.offsets[c]) as u32;
+            counts[c] = m.len() as u32;
         }
-        let n = plan.segments.last().map_or(0, |s| s.end) as usize;
         let ctx = self.ctx.clone();
         let out_bytes = (plan.n_bins * nc * 4) as u64;
         let bytes = ctx.scoped(|| {
@@ -416,49 +609,102 @@ impl GpuBinning {
             let cbuf = self.counts.ensure(&ctx, (nc * 4) as u64);
             ctx.queue
                 .write_buffer(&cbuf, 0, bytemuck::cast_slice(&counts));
-            self.upload_plan(plan, nc, n, false, cap as u32);
             let out = self.out.ensure(&ctx, out_bytes);
-            let enc = self.record(plan, nc, true, &input, Some(&cbuf), &out);
-            ctx.submit_and_read(enc, &[(&out, 0, out_bytes)])
+            let input_desc = Input::Sparse {
+                slots: &input,
+                counts: &cbuf,
+                cap: cap as u32,
+                merged: true,
+            };
+            let (enc, last) = self.record(plan, nc, n, input_desc, &out);
+            self.finish(enc, last, Some((&out, out_bytes)), false, n)
         })?;
-        self.cur = 1 - self.cur;
-        let v: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
-        Array2::from_shape_vec((plan.n_bins, nc), v).map_err(|e| Error::Readback(e.to_string()))
+        Self::to_array(&bytes, plan.n_bins, nc)
     }
 
-    pub fn sparse_device(
-        &mut self,
-        p: &Params,
-        plan: &Plan,
-        ev: &DeviceEvents,
-    ) -> Result<DeviceArray> {
-        let _ = p;
+    pub fn sparse_device(&mut self, plan: &Plan, ev: &DeviceEvents) -> Result<DeviceArray> {
         let nc = ev.n_channels;
+        let n = ev.n_samples;
         let ctx = self.ctx.clone();
         let out_bytes = (plan.n_bins * nc * 4) as u64;
-        let (out, flags) = ctx.scoped(|| {
-            self.prepare_state(nc);
-            self.upload_plan(plan, nc, ev.n_samples, false, ev.capacity);
+        let out = ctx.scoped(|| {
             let out = self.device_out(out_bytes);
-            let enc = self.record(plan, nc, true, &ev.slots, Some(&ev.counts), &out);
-            let flags_buf = self.flags.ensure(&ctx, 16);
-            let flags = ctx.submit_and_read(enc, &[(&flags_buf, 0, 4)])?;
-            Ok((out, flags))
+            if n > 0 {
+                self.prepare_state(nc);
+                let input_desc = Input::Sparse {
+                    slots: &ev.slots,
+                    counts: &ev.counts,
+                    cap: ev.capacity,
+                    merged: false,
+                };
+                let (enc, last) = self.record(plan, nc, n, input_desc, &out);
+                self.finish(enc, last, None, true, n)?;
+            }
+            Ok(out)
         })?;
-        let bad = u32::from_le_bytes([flags[0], flags[1], flags[2], flags[3]]);
-        if bad > 0 {
-            return Err(Error::IndexOutOfRange {
-                what: "device event sample outside its chunk (or past the slot capacity)",
-                index: bad as u64,
-                bound: ev.n_samples as u64,
-            });
-        }
-        self.cur = 1 - self.cur;
         Ok(DeviceArray::from_buffer(
             &self.ctx,
             out,
             vec![plan.n_bins, nc],
             DType::F32,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::binning::Segment;
+
+    fn seg(start: u64, end: u64, row: Option<usize>) -> Segment {
+        Segment {
+            start,
+            end,
+            row,
+            out_scale: 1.0,
+            continues: start == 0,
+        }
+    }
+
+    #[test]
+    fn windows_bound_the_work_of_an_invocation() {
+        // One bin of 40 000 samples: three pieces, each ending its window.
+        let plan = Plan {
+            first_bin: 0,
+            n_bins: 1,
+            segments: vec![seg(0, 40_000, Some(0)), seg(40_000, 40_000, None)],
+        };
+        let (segs, wins) = gpu_segments(&plan, None);
+        assert_eq!(segs.len(), 4);
+        assert_eq!((segs[0].row, segs[1].row, segs[2].row), (-1, -1, 0));
+        assert_eq!((segs[1].cont, segs[2].cont), (1, 1));
+        assert_eq!(wins[0], [0, 1]);
+        assert_eq!(wins[1], [1, 2]);
+        // 10 000 one-sample bins: windows of at most MAX_WINDOW_SEGS segments.
+        let segments: Vec<Segment> = (0..10_000)
+            .map(|k| seg(k, k + 1, Some(k as usize)))
+            .collect();
+        let plan = Plan {
+            first_bin: 0,
+            n_bins: 10_000,
+            segments,
+        };
+        let (segs, wins) = gpu_segments(&plan, None);
+        assert_eq!(segs.len(), 10_000);
+        assert!(wins
+            .iter()
+            .all(|w| (w[1] - w[0]) as usize <= MAX_WINDOW_SEGS));
+        assert_eq!(wins.last().map(|w| w[1]), Some(10_000));
+        for pair in wins.windows(2) {
+            assert_eq!(pair[0][1], pair[1][0]);
+        }
+        // Sparse input with few events: a long bin stays whole.
+        let plan = Plan {
+            first_bin: 0,
+            n_bins: 1,
+            segments: vec![seg(0, 1_000_000, Some(0)), seg(1_000_000, 1_000_000, None)],
+        };
+        let (segs, wins) = gpu_segments(&plan, Some(10));
+        assert_eq!((segs.len(), wins.len()), (2, 1));
     }
 }

@@ -200,6 +200,9 @@ impl DenseSample for bool {
     }
 }
 
+/// Longest sparse chunk processed in one piece (relative samples stay below 2³¹ on the GPU).
+const SPARSE_SUBCHUNK: u64 = 1 << 30;
+
 /// The validated settings in the form both engines use.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Params {
@@ -398,6 +401,7 @@ impl BinnedActivation {
         let end = self
             .pos
             .checked_add(n)
+            .filter(|e| e.checked_add(self.settings.first_sample).is_some())
             .ok_or_else(|| Error::PositionOverflow("stream position".into()))?;
         let mut segments = Vec::new();
         let mut k = self.next_bin;
@@ -499,7 +503,7 @@ impl BinnedActivation {
                     return Err(Error::Validation("non-finite value not located".into()));
                 }
             },
-            EngineState::Gpu(g) => g.dense_host(&self.params, &plan, chunk)?,
+            EngineState::Gpu(g) => g.dense_host(&plan, chunk)?,
         };
         let ts = self.timestamps(&plan);
         self.commit(n as u64, &plan, c);
@@ -532,7 +536,7 @@ impl BinnedActivation {
                 "process_device needs the GPU engine".into(),
             ));
         };
-        let values = g.dense_device(&self.params, &plan, chunk)?;
+        let values = g.dense_device(&plan, chunk)?;
         self.commit(n as u64, &plan, c);
         Ok(DeviceBinned {
             first_bin: plan.first_bin,
@@ -553,7 +557,6 @@ impl BinnedActivation {
         n_channels: usize,
     ) -> Result<Binned> {
         self.check_channels(n_channels)?;
-        let plan = self.plan(n_samples as u64)?;
         let start = self.position();
         let end = start
             .checked_add(n_samples as u64)
@@ -566,9 +569,16 @@ impl BinnedActivation {
                     bound: n_channels as u64,
                 });
             }
-            if e.sample >= end || e.sample < start {
+            if e.sample >= end {
                 return Err(Error::IndexOutOfRange {
-                    what: "event sample (must lie in this chunk)",
+                    what: "event sample (past the chunk's end)",
+                    index: e.sample,
+                    bound: end,
+                });
+            }
+            if e.sample < start {
+                return Err(Error::IndexOutOfRange {
+                    what: "event sample (before the chunk's first sample, position())",
                     index: e.sample,
                     bound: end,
                 });
@@ -582,12 +592,55 @@ impl BinnedActivation {
                 });
             }
         }
+        // The chunk's length only bounds the work through its bins: a very long sparse chunk
+        // runs as consecutive sub-chunks (the output does not depend on the chunking).
+        if n_samples as u64 <= SPARSE_SUBCHUNK {
+            return self.events_unchecked(events, n_samples, n_channels);
+        }
+        self.plan(0)?; // position checks
+        let mut sorted: Vec<Event> = events.to_vec();
+        sorted.sort_by_key(|e| e.sample);
+        let first_bin = self.next_bin;
+        let (mut values, mut timestamps) = (Vec::new(), Vec::new());
+        let mut at = 0usize;
+        let mut done = 0u64;
+        while done < n_samples as u64 {
+            let len = (n_samples as u64 - done).min(SPARSE_SUBCHUNK);
+            let sub_end = start + done + len;
+            let k = at + sorted[at..].partition_point(|e| e.sample < sub_end);
+            let b = self.events_unchecked(&sorted[at..k], len as usize, n_channels)?;
+            values.extend(b.values.iter().copied());
+            timestamps.extend(b.timestamps);
+            at = k;
+            done += len;
+        }
+        let values = Array2::from_shape_vec((timestamps.len(), n_channels), values)
+            .map_err(|e| Error::shape("bins", "rows × channels", e.to_string()))?;
+        Ok(Binned {
+            first_bin,
+            values,
+            timestamps,
+        })
+    }
+
+    /// [`Self::process_events`] after validation, for a chunk of at most
+    /// [`SPARSE_SUBCHUNK`] samples.
+    fn events_unchecked(
+        &mut self,
+        events: &[Event],
+        n_samples: usize,
+        n_channels: usize,
+    ) -> Result<Binned> {
+        let plan = self.plan(n_samples as u64)?;
+        let start = self.position();
         let buckets = bucket_events(events, n_channels, start);
         let values = match &mut self.engine {
             EngineState::Cpu(s) => {
                 cpu::sparse(s, &self.params, &self.jumps, &plan, &buckets, n_channels)
             }
-            EngineState::Gpu(g) => g.sparse_host(&self.params, &plan, &buckets, n_channels)?,
+            EngineState::Gpu(g) => {
+                g.sparse_host(&plan, &buckets, n_channels, self.params.scale_by_value)?
+            }
         };
         let ts = self.timestamps(&plan);
         self.commit(n_samples as u64, &plan, n_channels);
@@ -616,7 +669,7 @@ impl BinnedActivation {
                 "process_device_events needs the GPU engine".into(),
             ));
         };
-        let values = g.sparse_device(&self.params, &plan, events)?;
+        let values = g.sparse_device(&plan, events)?;
         self.commit(n, &plan, events.n_channels);
         Ok(DeviceBinned {
             first_bin: plan.first_bin,
