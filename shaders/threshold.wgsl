@@ -3,9 +3,16 @@
 //
 // Entry point `detect`: one invocation per channel walks the rows of one piece of the chunk in
 // order (input is time-major, so neighbouring invocations read neighbouring addresses), keeps
-// the channel's streaming state in registers, and appends its events to its own slots. A chunk
-// is normally one dispatch; the host splits it into row pieces (state chained piece to piece)
-// and channel groups only when a binding would exceed the device's limit.
+// the channel's streaming state in registers, and appends its events to its own slots. The host
+// splits a chunk into row pieces (state chained piece to piece through state_in/state_out) of
+// at most 16 384 rows, and into channel groups only when a binding would exceed the device's
+// limit; a chunk of up to 16 384 rows is one dispatch.
+//
+// Loop bound: the row loop below is the kernel's only loop (no search or copy loops), one
+// iteration per row of the piece, so an invocation runs at most 16 384 loop iterations.
+// llvmpipe (lavapipe and GL) silently ends an invocation after 65 535 iterations in total;
+// keep any loop added here inside that budget together with the row loop
+// (MAX_ROWS_PER_DISPATCH in src/threshold/gpu.rs).
 //
 // Bindings (group 0):
 //   0 params      uniform     Params of this dispatch
@@ -19,7 +26,7 @@
 //                             then re-runs the chunk from the committed state with more slots)
 //   7 status      storage rw  atomicMax of ~row over rows holding a non-finite sample (0: none)
 //
-// Invariants the host guarantees: `capacity ≥ 1`; rows·n_channels, group·capacity < 2³²; the
+// Invariants the host guarantees: `capacity ≥ 1`; `rows` ≤ 16 384; rows·n_channels, group·capacity < 2³²; the
 // chunk is shorter than 2³¹ samples and `max_width` < 2³¹, so relative samples fit an i32;
 // `refrac` ≤ 2³² − 2, so the saturated `since` (2³² − 1: no event yet, or very long ago) is
 // never refractory. Threshold comparison values are pre-rounded on the host (up for ≥, down

@@ -1143,6 +1143,59 @@ fn device_split_bindings() {
     }
 }
 
+#[test]
+fn device_chunk_longer_than_the_per_invocation_loop_limit() {
+    // llvmpipe (lavapipe and GL) silently stops an invocation after ~65 535 loop iterations:
+    // one chunk of 90 000 rows (3 s at 30 kHz) must still give every event, on both engines,
+    // through the host and the device path, with open peaks straddling the row pieces. The
+    // operator runs at 1 kHz so that `variants` keep their widths in samples.
+    let (n, nc) = (90_000usize, 3usize);
+    let mut x = spiky(n, nc, 17, 25);
+    // On channel 0, a spike whose run straddles every multiple of 2¹⁴ rows (and of 2¹⁴ rows
+    // plus 7), where the kernel's row pieces may start: its peak is open across the piece
+    // boundary.
+    let boundaries: Vec<usize> = (1..=n / 16_384)
+        .flat_map(|k| [16_384 * k, 16_384 * k + 7])
+        .collect();
+    for &b in &boundaries {
+        x.slice_mut(s![b - 10..b + 10, 0]).fill(0.0);
+    }
+    for &b in &boundaries {
+        for (j, v) in [-8.0f32, -9.0, -10.0, -9.0].into_iter().enumerate() {
+            x[[b - 2 + j, 0]] = v;
+        }
+    }
+    for (vname, st) in variants(-3.0) {
+        let want = truth(x.view(), &vec![-3.0; nc], &st, 1000.0);
+        for &b in &boundaries {
+            assert!(
+                want.iter()
+                    .any(|e| e.channel == 0 && e.sample.abs_diff(b as u64) <= 2),
+                "{vname}: no event at the boundary {b} in the truth"
+            );
+        }
+        // Events all the way to the end: a kernel stopped early would lose the tail.
+        assert!(
+            want.last().is_some_and(|e| e.sample > n as u64 - 200),
+            "{vname}: events end early in the truth"
+        );
+        let mut outs = Vec::new();
+        for (name, e) in engines() {
+            let mut op = new_op(&e, st, 1000.0, None);
+            let got = stream(&mut op, x.view(), &[0, n], false);
+            assert_events(&format!("{vname} one long chunk, {name}"), &got, &want);
+            outs.push(got);
+            if e.is_gpu() {
+                // After a short chunk, so the pieces start at an odd stream offset.
+                let mut op = new_op(&e, st, 1000.0, None);
+                let got = stream(&mut op, x.view(), &[0, 7, n], true);
+                assert_events(&format!("{vname} long chunk, gpu device"), &got, &want);
+            }
+        }
+        assert_events(&format!("{vname} gpu vs cpu"), &outs[1], &outs[0]);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // error_*: bad input
 
@@ -1342,6 +1395,40 @@ fn error_non_finite_values() {
                     },
                     &is_it,
                     &chunks[1..],
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn error_non_finite_late_in_a_chunk_without_auto_scaling() {
+    // Without auto-scaling the CPU engine finds non-finite samples in its detection pass and
+    // rolls back: events emitted and peaks opened earlier in the bad chunk must leave no
+    // trace, on the first chunk of the stream too.
+    let x = spiky(400, 70, 78, 8);
+    let chunks: Vec<Array2<f32>> = [0, 150, 300, 400]
+        .windows(2)
+        .map(|w| x.slice(s![w[0]..w[1], ..]).to_owned())
+        .collect();
+    for (vname, st) in variants(-3.0) {
+        for (name, e) in engines() {
+            let make = || new_op(&e, st, 1000.0, None);
+            for (bad_at, v, sample, channel) in [
+                (1, f32::NAN, 140, 66),
+                (1, f32::NEG_INFINITY, 149, 0),
+                (0, f32::INFINITY, 120, 9),
+            ] {
+                let mut bad = chunks[bad_at].clone();
+                bad[[sample, channel]] = v;
+                let is_it = move |err: &Error| matches!(err, Error::NonFinite { sample: s, channel: c, .. } if *s == sample && *c == channel);
+                recovers(
+                    &format!("{vname} {name} {v} in chunk {bad_at}"),
+                    &make,
+                    &chunks[..bad_at],
+                    &|op| op.process(bad.view()),
+                    &is_it,
+                    &chunks[bad_at..],
                 );
             }
         }

@@ -1,9 +1,10 @@
 //! GPU half of threshold crossing: buffers, dispatch and read-back around
 //! `shaders/threshold.wgsl` (entry `detect`).
 //!
-//! Per chunk: one uniform write, one encoder, normally one dispatch, one submit and one small
-//! read-back (the per-channel event counts and a status word; the event slots too when the
-//! caller wants host events). The state lives in three buffers: the committed one is only
+//! Per chunk: one uniform write, one encoder, one dispatch per piece of at most
+//! [`MAX_ROWS_PER_DISPATCH`] rows (the loop bound; a single piece for chunks up to 0.5 s at
+//! 30 kHz), one submit and one small read-back (the per-channel event counts and a status
+//! word; the event slots too when the caller wants host events). The state lives in three buffers: the committed one is only
 //! read; a chunk writes another (pieces of a split chunk alternate between the two others),
 //! and the committed index moves only once the chunk is accepted.
 
@@ -39,6 +40,13 @@ const STATE_BYTES: u64 = 32;
 
 /// Bytes of one event slot (`vec2<u32>`).
 const SLOT_BYTES: u64 = 8;
+
+/// Most rows one dispatch walks: the kernel's only loop runs once per row, so this is also
+/// the most loop iterations any invocation runs. Mesa's llvmpipe (lavapipe and GL) silently
+/// stops an invocation after 65 535 loop iterations in total (its loop limiter), which would
+/// lose every event past that row; this stays 4× below. Longer chunks become several
+/// dispatches in one compute pass, chaining the state through the state buffers.
+const MAX_ROWS_PER_DISPATCH: u64 = 16_384;
 
 /// Slots per channel tried first.
 const INITIAL_CAPACITY: u32 = 16;
@@ -333,6 +341,11 @@ impl GpuThreshold {
         let row_bytes = nc as u64 * 4;
         let row_step = align_step(a_s, row_bytes);
         let rows_per = max_b / row_bytes / row_step * row_step;
+        // ... and at most `MAX_ROWS_PER_DISPATCH` rows, so that no invocation runs more loop
+        // iterations than llvmpipe allows (see the constant). `row_step` divides it: both are
+        // powers of two and `row_step ≤ 64` (WebGPU caps the offset alignment at 256 bytes);
+        // the `max` only guards against an adapter breaking that cap.
+        let rows_per = rows_per.min((MAX_ROWS_PER_DISPATCH / row_step * row_step).max(row_step));
         if rows_per == 0 {
             return Err(Error::shape(
                 "chunk",

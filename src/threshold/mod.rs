@@ -57,10 +57,14 @@
 //! leaves the operator exactly as before the call.
 //!
 //! # Engines and accuracy
-//! * CPU (`cpu.rs`): a sequential scan per channel; running statistics in `f64`.
+//! * CPU (`cpu.rs`): one pass over the rows in order. Per row, a contiguous vectorised pass
+//!   over the channels builds the over-threshold bit mask (and checks finiteness: a chunk is
+//!   read once); only channels whose mask shows a new crossing, or that hold an open peak,
+//!   take the per-channel path. Running statistics in `f64`.
 //! * GPU (`gpu.rs`, `shaders/threshold.wgsl`, entry `detect`): one invocation per channel walks
 //!   the chunk's rows (time-major, so neighbouring invocations read neighbouring addresses);
-//!   events go straight into per-channel slots ([`DeviceEvents`]), one dispatch per chunk.
+//!   events go straight into per-channel slots ([`DeviceEvents`]), one dispatch per chunk of
+//!   up to 16 384 samples (longer chunks: see *Limits*).
 //!   A channel with more events than slots is re-run from the saved state with a larger
 //!   capacity (never truncated). Only `f32`/`i32`/`u32` arithmetic (portable to GL).
 //!
@@ -77,11 +81,18 @@
 //! Peak values are raw samples, never rounded, on both engines.
 //!
 //! # Limits
-//! A chunk is shorter than 2³¹ samples; the GPU engine binds one row piece of the chunk per
-//! dispatch (`max_storage_buffer_binding_size`, 128 MiB on the software adapters) and
-//! splits longer chunks and larger event buffers into several dispatches in the same
-//! submission, so the only other limit is one row (`4·channels` bytes) and one channel's
-//! slots fitting one binding.
+//! A chunk is shorter than 2³¹ samples. The GPU engine walks one row piece of the chunk per
+//! dispatch and splits longer chunks and larger event buffers into several dispatches in
+//! the same submission, chaining each channel's state from piece to piece through the state
+//! buffers (the result does not depend on the split). A piece is at most
+//! `max_storage_buffer_binding_size` bytes (128 MiB on the software adapters) and at most
+//! **16 384 rows**. The row bound is a loop bound: the kernel has exactly one loop, one
+//! iteration per row, so no invocation runs more than 16 384 loop iterations. Mesa's
+//! llvmpipe (lavapipe, and llvmpipe-GL) silently stops an invocation after 65 535 loop
+//! iterations in total — no error, just missing events past that row — so an unbounded walk
+//! over a 3 s chunk at 30 kHz would be wrong there; the bound stays 4× below it, at one extra
+//! dispatch per 16 384 rows (≈ 50 µs on those adapters, next to ≈ 1 ms of work). The only
+//! other limits are one row (`4·channels` bytes) and one channel's slots fitting one binding.
 //!
 //! # Where this differs from the seed
 //! The seed applies the refractory period only above 2 samples, measures it from crossings
@@ -92,6 +103,8 @@
 
 mod cpu;
 mod gpu;
+
+use std::borrow::Cow;
 
 use ndarray::ArrayView2;
 
@@ -185,6 +198,16 @@ enum Thresholds {
     PerChannel(Vec<f64>),
 }
 
+impl Thresholds {
+    /// The threshold of each of `n` channels (a vector's own length is `n`, checked before).
+    fn for_channels(&self, n: usize) -> Cow<'_, [f64]> {
+        match self {
+            Thresholds::Scalar(t) => Cow::Owned(vec![*t; n]),
+            Thresholds::PerChannel(t) => Cow::Borrowed(t),
+        }
+    }
+}
+
 /// Largest chunk length in samples: event samples relative to a chunk are `i32` on the device.
 const MAX_CHUNK_SAMPLES: usize = i32::MAX as usize;
 
@@ -228,17 +251,26 @@ fn check_finite(chunk: ArrayView2<'_, f32>) -> Result<()> {
             None => row.iter().all(|v| v.is_finite()),
         };
         if !ok {
-            if let Some((ch, &v)) = row.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-                return Err(Error::NonFinite {
-                    what: "chunk",
-                    sample: s,
-                    channel: ch,
-                    value: v as f64,
-                });
-            }
+            return Err(non_finite_in_row(chunk, s));
         }
     }
     Ok(())
+}
+
+/// The error for the first non-finite value of row `row` of `chunk` (which holds one).
+fn non_finite_in_row(chunk: ArrayView2<'_, f32>, row: usize) -> Error {
+    let (channel, value) = chunk
+        .row(row)
+        .iter()
+        .enumerate()
+        .find(|(_, v)| !v.is_finite())
+        .map_or((0, f64::NAN), |(c, &v)| (c, v as f64));
+    Error::NonFinite {
+        what: "chunk",
+        sample: row,
+        channel,
+        value,
+    }
 }
 
 fn check_finite_nonneg(name: &'static str, v: f64) -> Result<()> {
@@ -437,14 +469,6 @@ impl ThresholdCrossing {
         }
     }
 
-    /// The per-channel thresholds for `n` channels.
-    fn channel_thresholds(&self, n: usize) -> Vec<f64> {
-        match &self.thresholds {
-            Thresholds::Scalar(t) => vec![*t; n],
-            Thresholds::PerChannel(t) => t.clone(),
-        }
-    }
-
     /// Validates a chunk's shape against the stream; returns the stream end after it.
     fn check_shape(&self, n: usize, c: usize) -> Result<u64> {
         if c == 0 {
@@ -486,14 +510,29 @@ impl ThresholdCrossing {
     pub fn process(&mut self, chunk: ArrayView2<'_, f32>) -> Result<Vec<Event>> {
         let (n, c) = chunk.dim();
         self.check_shape(n, c)?;
-        check_finite(chunk)?;
-        let thr = self.channel_thresholds(c);
         let events = if n == 0 {
+            check_finite(chunk)?;
             Vec::new()
         } else {
             match &mut self.engine {
-                EngineState::Cpu(st) => cpu::process(st, &self.params, &thr, chunk, self.pos),
-                EngineState::Gpu(g) => g.process_host(&self.params, &thr, chunk, self.pos)?,
+                // The CPU engine checks finiteness in its own pass over the chunk and rolls
+                // its state back when it finds a non-finite sample.
+                EngineState::Cpu(st) => {
+                    let thresholds = &self.thresholds;
+                    cpu::process(
+                        st,
+                        &self.params,
+                        || thresholds.for_channels(c),
+                        chunk,
+                        self.pos,
+                    )
+                    .map_err(|row| non_finite_in_row(chunk, row))?
+                }
+                EngineState::Gpu(g) => {
+                    check_finite(chunk)?;
+                    let thr = self.thresholds.for_channels(c);
+                    g.process_host(&self.params, &thr, chunk, self.pos)?
+                }
             }
         };
         self.pos += n as u64;
@@ -529,7 +568,7 @@ impl ThresholdCrossing {
         }
         let (n, c) = (shape[0], shape[1]);
         self.check_shape(n, c)?;
-        let thr = self.channel_thresholds(c);
+        let thr = self.thresholds.for_channels(c);
         let EngineState::Gpu(g) = &mut self.engine else {
             return Err(Error::DeviceArray(
                 "process_device needs the GPU engine".into(),
