@@ -13,6 +13,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod exact;
+pub mod glm;
 pub mod gpu;
 pub mod lrr;
 pub mod rng;

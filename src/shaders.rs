@@ -49,8 +49,17 @@ pub const LRR: Shader = Shader {
     source: include_str!("../shaders/lrr.wgsl"),
 };
 
+/// Recurrent Poisson GLM simulation (SPEC §3); Philox is prepended.
+pub const GLM: Shader = Shader {
+    name: "glm",
+    source: concat!(
+        include_str!("../shaders/philox.wgsl"),
+        include_str!("../shaders/glm.wgsl")
+    ),
+};
+
 /// Every shader of the crate, for validation.
-pub const ALL: &[Shader] = &[BINNING, THRESHOLD, PHILOX, ENCODERS, CLASSIFIER, LRR];
+pub const ALL: &[Shader] = &[BINNING, THRESHOLD, PHILOX, ENCODERS, CLASSIFIER, LRR, GLM];
 
 #[cfg(test)]
 mod tests {
