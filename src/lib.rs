@@ -21,8 +21,14 @@ pub mod shaders;
 pub mod threshold;
 
 pub use binning::{Aggregation, Binned, BinnedActivation, BinningSettings, DeviceBinned, Kernel};
+pub use classifier::{ClassifierSettings, MaxRateClassifier, Prediction};
+pub use encoders::{
+    AngleEncoder, AngleSettings, LatencyEncoder, LatencySettings, RateEncoder, RateSettings,
+    ShiftAugment, ShiftSettings,
+};
 pub use engine::Engine;
 pub use error::{Error, Result};
 pub use events::{DeviceEvents, Event};
 pub use gpu::{DeviceArray, GpuContext, GpuOptions};
+pub use lrr::{Lrr, LrrSettings, LrrSnapshot, WeightsSource};
 pub use threshold::{ThresholdCrossing, ThresholdSettings};
