@@ -72,6 +72,23 @@ pub enum Error {
     /// A device array of the wrong element type or shape was passed.
     #[error("device array mismatch: {0}")]
     DeviceArray(String),
+    /// A file could not be opened, read, mapped, written or renamed.
+    #[error("{path}: {message}")]
+    Io {
+        /// The file concerned.
+        path: String,
+        /// What went wrong (one line).
+        message: String,
+    },
+    /// A recording or metadata file is malformed or disagrees with itself (missing or
+    /// unparsable field, truncated data, channel count or file size not matching the data).
+    #[error("{path}: {message}")]
+    Format {
+        /// The file concerned.
+        path: String,
+        /// What is wrong with it (one line).
+        message: String,
+    },
 }
 
 /// `Result` with the crate's [`Error`].
