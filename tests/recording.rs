@@ -680,6 +680,20 @@ fn open_ephys_errors() {
     std::fs::write(&dat, bytes_i16(&signal(6 * 300 - 1, 5))).unwrap();
     expect_format(open(&dat), "continuous.dat", "truncated");
 
+    // num_channels agreeing with the channel list but not with the data.
+    let dir = tempfile::tempdir().unwrap();
+    let rec_dir = oe_fixture(dir.path());
+    let mut v = base.clone();
+    v["continuous"][0]["num_channels"] = json!(3);
+    let three: Vec<Value> = v["continuous"][0]["channels"].as_array().unwrap()[..3].to_vec();
+    v["continuous"][0]["channels"] = json!(three);
+    std::fs::write(rec_dir.join("structure.oebin"), v.to_string()).unwrap();
+    expect_format(
+        open(&rec_dir.join("structure.oebin")),
+        "sample_numbers.npy",
+        "num_channels=3",
+    );
+
     // A continuous.dat with no structure.oebin above it.
     let dir = tempfile::tempdir().unwrap();
     let dat = dir.path().join("continuous.dat");
@@ -870,4 +884,29 @@ fn npy_writer_round_trip() {
         NpyWriter::<f32>::create(dir.path().join("no/such/dir/x.npy"), 1),
         Err(Error::Io { .. })
     ));
+}
+
+#[test]
+fn nidq_meta() {
+    let meta = "typeThis=nidq\nniSampRate=25000\nnSavedChans=4\nsnsMnMaXaDw=0,0,3,1\n\
+                snsSaveChanSubset=all\nniAiRangeMax=5\nniMaxInt=32768\nniMNGain=200\n\
+                niMAGain=1\nfirstSample=77\nfileSizeBytes=0\n";
+    let dir = tempfile::tempdir().unwrap();
+    let data = interleaved(16, 3, 11);
+    let bin = write_sglx(dir.path(), "run_g0_t0.nidq", meta, &data);
+    let rec = open(&bin).unwrap();
+    assert_eq!(rec.fs(), 25000.0);
+    assert_eq!(rec.n_channels(), 3);
+    assert_eq!(rec.first_sample(), 77);
+    assert_eq!(rec.channel_ids(), &[0, 1, 2]);
+    assert!(rec.uv_per_bit().iter().all(|&u| u == 152.587890625));
+    assert_eq!(
+        rec.read_sync(0, 16).unwrap(),
+        (0..16).map(sync_word).collect::<Vec<_>>()
+    );
+    let all = read_all(&rec, 5);
+    assert_eq!(
+        all[(9, 1)],
+        data[9 * 4 + 1] as f32 * rec.uv_per_bit()[1] as f32
+    );
 }

@@ -42,7 +42,8 @@
 //! holds the opened `continuous.dat`, else the first whose `folder_name` contains
 //! [`OpenOptions::stream`], else the first. Data are int16, interleaved. The first sample is
 //! the first value of `sample_numbers.npy` next to `continuous.dat` (or of an integer
-//! `timestamps.npy`, as older GUIs wrote), else 0. There is no sync word.
+//! `timestamps.npy`, as older GUIs wrote), else 0; that file must hold one entry per sample
+//! (which catches a `num_channels` that does not match the data). There is no sync word.
 //!
 //! # Plain binary and `.npy`
 //!
@@ -277,8 +278,22 @@ impl Recording {
     }
 
     fn open_openephys(oebin: &Path, dat: Option<&Path>, options: &OpenOptions) -> Result<Self> {
-        let (layout, data) = openephys::layout(oebin, dat, options.stream.as_deref())?;
-        Self::from_layout(&data, layout)
+        let (layout, data, counted) = openephys::layout(oebin, dat, options.stream.as_deref())?;
+        let rec = Self::from_layout(&data, layout)?;
+        if let Some((count, numbers)) = counted {
+            if count != rec.n_samples as u64 {
+                return Err(format_err(
+                    &numbers,
+                    format!(
+                        "{count} sample numbers but {} has {} samples of num_channels={}",
+                        data.display(),
+                        rec.n_samples,
+                        rec.layout.stored_channels
+                    ),
+                ));
+            }
+        }
+        Ok(rec)
     }
 
     fn open_raw(path: &Path, raw: RawFormat) -> Result<Self> {

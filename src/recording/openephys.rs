@@ -33,7 +33,9 @@ pub(crate) fn find_oebin(start: &Path) -> Option<PathBuf> {
     None
 }
 
-fn first_sample_number(dir: &Path) -> Result<Option<u64>> {
+/// The first sample number and the entry count of the sample-number file in `dir`, and that
+/// file's path.
+fn first_sample_number(dir: &Path) -> Result<Option<(u64, u64, PathBuf)>> {
     for (name, need_int) in [("sample_numbers.npy", false), ("timestamps.npy", true)] {
         let p = dir.join(name);
         if !p.is_file() {
@@ -43,7 +45,7 @@ fn first_sample_number(dir: &Path) -> Result<Option<u64>> {
         let h = parse_header(&p, &bytes)?;
         let n: u64 = h.shape.iter().product();
         if n == 0 {
-            return Ok(None);
+            return Ok(Some((0, 0, p)));
         }
         let word = bytes
             .get(h.data_offset..h.data_offset + 8)
@@ -65,18 +67,23 @@ fn first_sample_number(dir: &Path) -> Result<Option<u64>> {
                 ))
             }
         };
-        return Ok(Some(v));
+        return Ok(Some((v, n, p)));
     }
     Ok(None)
 }
 
 /// Lays out a stream of `oebin`. `dat` is the `continuous.dat` that was opened, if any (it
 /// picks the stream); otherwise `stream` (a substring of `folder_name`) or the first stream.
+/// Entry count of a sample-number file, and its path.
+pub(crate) type SampleCount = (u64, PathBuf);
+
+/// Returns the layout, the data file, and the sample count of the sample-number file with its
+/// path, when there is one.
 pub(crate) fn layout(
     oebin: &Path,
     dat: Option<&Path>,
     stream: Option<&str>,
-) -> Result<(Layout, PathBuf)> {
+) -> Result<(Layout, PathBuf, Option<SampleCount>)> {
     let text = std::fs::read_to_string(oebin).map_err(|e| io_err(oebin, "cannot read", e))?;
     let root: Value =
         serde_json::from_str(&text).map_err(|e| format_err(oebin, format!("invalid JSON: {e}")))?;
@@ -187,7 +194,9 @@ pub(crate) fn layout(
         Some(d) => d.to_path_buf(),
         None => data_dir.join("continuous.dat"),
     };
-    let first_sample = first_sample_number(data.parent().unwrap_or(&data_dir))?.unwrap_or(0);
+    let numbers = first_sample_number(data.parent().unwrap_or(&data_dir))?;
+    let first_sample = numbers.as_ref().map_or(0, |n| n.0);
+    let counted = numbers.map(|(_, count, p)| (count, p));
     let meta = json!({
         "oebin": oebin.display().to_string(),
         "stream_index": index,
@@ -213,6 +222,7 @@ pub(crate) fn layout(
             meta,
         },
         data,
+        counted,
     ))
 }
 
