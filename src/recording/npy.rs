@@ -174,6 +174,7 @@ impl<T: NpyElement> NpyWriter<T> {
     }
 
     /// Writes the final shape into the header, flushes and renames the file to its final path.
+    /// On failure the partial file is removed.
     pub fn finish(mut self) -> Result<PathBuf> {
         let Some(file) = self.file.take() else {
             return Err(io_err(
@@ -182,19 +183,27 @@ impl<T: NpyElement> NpyWriter<T> {
                 "writer already closed",
             ));
         };
-        let partial = self.partial.clone();
+        let result = self.close(file);
+        if result.is_err() {
+            let _ = std::fs::remove_file(&self.partial);
+        }
+        result
+    }
+
+    fn close(&self, file: BufWriter<File>) -> Result<PathBuf> {
+        let partial = &self.partial;
         let mut file = file
             .into_inner()
-            .map_err(|e| io_err(&partial, "cannot flush", e.error()))?;
+            .map_err(|e| io_err(partial, "cannot flush", e.error()))?;
         let header = header_bytes(T::DESCR, self.rows, self.row_width, self.header_len);
         file.seek(SeekFrom::Start(0))
             .and_then(|_| file.write_all(&header))
             .and_then(|_| file.flush())
-            .map_err(|e| io_err(&partial, "cannot rewrite header", e))?;
+            .map_err(|e| io_err(partial, "cannot rewrite header", e))?;
         drop(file);
-        std::fs::rename(&partial, &self.path).map_err(|e| {
+        std::fs::rename(partial, &self.path).map_err(|e| {
             io_err(
-                &partial,
+                partial,
                 &format!("cannot rename to {}", self.path.display()),
                 e,
             )
