@@ -21,7 +21,8 @@
 //! sample), `fileSizeBytes` (must equal the `.bin` size), `firstSample` (absolute sample of
 //! row 0), `snsSaveChanSubset` (original index of each saved channel: `all` or a list such as
 //! `0:10,12,380:383,768`), `snsApLfSy` (saved AP, LF and SY counts, stored in that order),
-//! `acqApLfSy` (acquired counts: original AP indices are `0..A`, LF `A..A+L`, SY after),
+//! `acqApLfSy` (acquired counts: original AP indices are `0..A`, LF `A..A+L`, SY after; when
+//! missing, indices are checked only against the `~imroTbl` rows),
 //! `imAiRangeMax` (V), `imMaxInt` (512 for Neuropixels 1.0, 8192 for 2.0; when missing 8192
 //! for 2.0 probes and 512 otherwise), `imDatPrb_type`, and `~imroTbl`: Neuropixels 1.0 rows
 //! `(chan bank refid apgain lfgain [hpfilt])` give each channel's AP gain (and LF gain for
