@@ -58,8 +58,22 @@ pub const GLM: Shader = Shader {
     ),
 };
 
+/// Causal IIR filter in second-order sections (SPEC §7, "Filter").
+pub const FILTER: Shader = Shader {
+    name: "filter",
+    source: include_str!("../shaders/filter.wgsl"),
+};
+
+/// Common-average reference (SPEC §7, "Reference").
+pub const REFERENCE: Shader = Shader {
+    name: "reference",
+    source: include_str!("../shaders/reference.wgsl"),
+};
+
 /// Every shader of the crate, for validation.
-pub const ALL: &[Shader] = &[BINNING, THRESHOLD, PHILOX, ENCODERS, CLASSIFIER, LRR, GLM];
+pub const ALL: &[Shader] = &[
+    BINNING, THRESHOLD, PHILOX, ENCODERS, CLASSIFIER, LRR, GLM, FILTER, REFERENCE,
+];
 
 #[cfg(test)]
 mod tests {
