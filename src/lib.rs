@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod binning;
+pub mod chain;
 pub mod classifier;
 pub mod encoders;
 pub mod engine;
@@ -21,6 +22,7 @@ pub mod recording;
 pub mod reference;
 pub mod rng;
 pub mod shaders;
+pub mod simulate;
 pub mod threshold;
 
 pub use binning::{Aggregation, Binned, BinnedActivation, BinningSettings, DeviceBinned, Kernel};

@@ -195,6 +195,20 @@ impl GpuContext {
             .min(self.limits.max_buffer_size)
     }
 
+    /// Blocks until every submitted command has finished on the device.
+    ///
+    /// # Errors
+    /// [`Error::DeviceLost`] when the device is lost.
+    pub fn wait_idle(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: None,
+                timeout: None,
+            })
+            .map_err(|e| Error::DeviceLost(e.to_string()))?;
+        self.check_alive()
+    }
+
     /// Errors out if the device was lost or an uncaptured error was reported.
     pub(crate) fn check_alive(&self) -> Result<()> {
         if let Some(m) = self.lost.lock().ok().and_then(|l| l.clone()) {

@@ -1,0 +1,572 @@
+//! The chain (SPEC §7): raw signal → band-pass filter → reference (LRR, common average, or
+//! none) → threshold crossing → binned activation, as one type that owns every stage's
+//! streaming state.
+//!
+//! # Calibration, then the stream
+//! [`Chain::calibrate`] takes the first `fit_seconds` of a recording (the caller reads them),
+//! filters them with a fresh filter, fits the LRR weights on the filtered window (when the
+//! reference is LRR), re-references it, and measures each channel's noise as
+//! `median(|x|)/0.6745`. Per-channel thresholds are then `k·noise` (`ThresholdRule::NoiseMultiple`,
+//! the sign of `k` giving the direction) or one absolute value in µV. A channel whose noise is
+//! 0 (dead or constant) detects nothing and is listed in [`Calibration::dead_channels`]. The
+//! stream then starts again from the recording's first sample with fresh filter state.
+//!
+//! # Engines
+//! On the GPU engine a chunk is uploaded once; the filter, the reference, threshold crossing
+//! and binning run on the device one after the other, each reading the previous stage's
+//! device output; the events and the bins are read back at the end (two small read-backs).
+//! On the CPU engine the same operators run in plain Rust. Either way the output equals the
+//! composition of the operators called one by one (tested), for any chunking.
+//!
+//! # Errors
+//! [`Chain::process`] validates the chunk (shape, finiteness) on the host before any stage
+//! sees it, so a chunk one stage would reject is rejected whole and every stage keeps its
+//! state. Device loss or out-of-memory in the middle of a chunk leaves the stages that ran
+//! advanced: the chain must then be rebuilt.
+
+use std::time::{Duration, Instant};
+
+use ndarray::{Array2, ArrayView2, Axis};
+
+use crate::binning::{Binned, BinnedActivation, BinningSettings};
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::events::Event;
+use crate::filter::{BandpassFilter, FilterSettings};
+use crate::gpu::{DeviceArray, GpuContext};
+use crate::lrr::{Lrr, LrrSettings};
+use crate::reference::{CarSettings, CommonAverage};
+use crate::threshold::{ThresholdCrossing, ThresholdSettings};
+
+/// Which reference the chain subtracts after filtering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReferenceMode {
+    /// Linear regression rereferencing (SPEC §2) with weights fitted on the calibration window.
+    Lrr,
+    /// Common average reference: each sample's mean over channels.
+    Car,
+    /// Common median reference: each sample's median over channels.
+    CarMedian,
+    /// No reference.
+    None,
+}
+
+/// How each channel's threshold is set.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ThresholdRule {
+    /// `k` times the channel's noise `median(|x|)/0.6745` (negative `k`: negative-going).
+    NoiseMultiple(f64),
+    /// One absolute threshold for every channel, in the signal's units (µV for recordings).
+    Absolute(f64),
+}
+
+/// Settings of [`Chain`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChainSettings {
+    /// The band-pass filter (`None`: no filter, for data filtered in hardware).
+    pub filter: Option<FilterSettings>,
+    /// The reference.
+    pub reference: ReferenceMode,
+    /// LRR settings (clusters, ridge), used when `reference` is [`ReferenceMode::Lrr`].
+    pub lrr: LrrSettings,
+    /// Per-channel threshold rule.
+    pub threshold: ThresholdRule,
+    /// Detection settings (refractory period, peak window, …); its `threshold` field is
+    /// replaced by the per-channel thresholds and its `first_sample` by the chain's.
+    pub detection: ThresholdSettings,
+    /// Binned activation settings; its `first_sample` is replaced by the chain's.
+    pub binning: BinningSettings,
+    /// Wait for the device after each stage so that per-stage times are real (GPU engine;
+    /// costs one device synchronisation per stage and chunk). The CPU engine always times
+    /// its stages.
+    pub profile_stages: bool,
+}
+
+impl Default for ChainSettings {
+    fn default() -> Self {
+        ChainSettings {
+            filter: Some(FilterSettings::default()),
+            reference: ReferenceMode::Lrr,
+            lrr: LrrSettings::default(),
+            threshold: ThresholdRule::NoiseMultiple(-5.0),
+            detection: ThresholdSettings {
+                refrac_dur: 0.001,
+                ..Default::default()
+            },
+            binning: BinningSettings {
+                kernel: crate::binning::Kernel::Count,
+                aggregation: crate::binning::Aggregation::Sum,
+                ..Default::default()
+            },
+            profile_stages: false,
+        }
+    }
+}
+
+/// What calibration measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Calibration {
+    /// Samples in the calibration window.
+    pub n_samples: usize,
+    /// Each channel's noise `median(|x|)/0.6745` on the filtered, re-referenced window.
+    pub noise: Vec<f32>,
+    /// Each channel's threshold (a dead channel's is an unreachable value).
+    pub thresholds: Vec<f32>,
+    /// Channels whose noise is 0 under [`ThresholdRule::NoiseMultiple`]: they detect nothing.
+    pub dead_channels: Vec<usize>,
+    /// The fitted LRR weights `W` (LRR reference only).
+    pub weights: Option<Array2<f64>>,
+}
+
+/// Cumulative wall time per stage.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StageTimes {
+    /// Validation and upload (GPU) of each chunk.
+    pub upload: Duration,
+    /// Band-pass filter.
+    pub filter: Duration,
+    /// Reference.
+    pub reference: Duration,
+    /// Threshold crossing.
+    pub threshold: Duration,
+    /// Binned activation, including the read-back of events and bins on the GPU engine.
+    pub binning: Duration,
+    /// Chunks processed.
+    pub chunks: u64,
+}
+
+impl StageTimes {
+    /// The sum of all stages.
+    pub fn total(&self) -> Duration {
+        self.upload + self.filter + self.reference + self.threshold + self.binning
+    }
+
+    /// One line per stage: its time and real-time factor for `seconds` of data.
+    pub fn table(&self, seconds: f64) -> String {
+        let rows = [
+            ("upload/validate", self.upload),
+            ("band-pass", self.filter),
+            ("reference", self.reference),
+            ("threshold", self.threshold),
+            ("binning+read-back", self.binning),
+            ("chain total", self.total()),
+        ];
+        rows.iter()
+            .map(|(name, d)| time_row(name, d.as_secs_f64(), seconds))
+            .collect()
+    }
+}
+
+/// `"  name   1.234 s   56.7× real time\n"`.
+pub fn time_row(name: &str, spent: f64, seconds: f64) -> String {
+    format!(
+        "  {name:<18} {spent:>9.3} s  {:>9.1}× real time\n",
+        seconds / spent.max(1e-12)
+    )
+}
+
+/// p50 and p99 of `v`, in the units of `v`.
+pub fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
+    if v.is_empty() {
+        return (0.0, 0.0);
+    }
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.99))
+}
+
+/// The chain's algorithmic delays, in seconds: how long after a spike its outputs can exist,
+/// whatever the compute speed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AlgorithmicDelay {
+    /// The filter's group delay at the passband's centre.
+    pub filter: f64,
+    /// The peak window a detection may be held open for (0 unless peak tracking is on).
+    pub peak_hold: f64,
+    /// The longest wait of a bin for its last sample (one bin).
+    pub bin: f64,
+}
+
+/// One chunk's outputs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChainOutput {
+    /// Events resolved by this chunk (absolute samples, sorted by sample then channel).
+    pub events: Vec<Event>,
+    /// Bins completed by this chunk.
+    pub bins: Binned,
+}
+
+/// The reference stage.
+#[derive(Debug)]
+enum Reference {
+    Lrr(Box<Lrr>),
+    Car(CommonAverage),
+    None,
+}
+
+impl Reference {
+    fn new(engine: &Engine, settings: &ChainSettings) -> Result<Self> {
+        Ok(match settings.reference {
+            ReferenceMode::Lrr => Reference::Lrr(Box::new(Lrr::new(engine, settings.lrr.clone())?)),
+            ReferenceMode::Car => {
+                Reference::Car(CommonAverage::new(engine, CarSettings { median: false })?)
+            }
+            ReferenceMode::CarMedian => {
+                Reference::Car(CommonAverage::new(engine, CarSettings { median: true })?)
+            }
+            ReferenceMode::None => Reference::None,
+        })
+    }
+
+    fn host(&mut self, x: Array2<f32>) -> Result<Array2<f32>> {
+        match self {
+            Reference::Lrr(l) => l.transform(x.view()),
+            Reference::Car(c) => c.process(x.view()),
+            Reference::None => Ok(x),
+        }
+    }
+
+    fn device(&mut self, x: DeviceArray) -> Result<DeviceArray> {
+        match self {
+            Reference::Lrr(l) => l.transform_device(&x),
+            Reference::Car(c) => c.process_device(&x),
+            Reference::None => Ok(x),
+        }
+    }
+}
+
+/// The whole chain on one engine; see the [module docs](self).
+#[derive(Debug)]
+pub struct Chain {
+    engine: Engine,
+    fs: f64,
+    settings: ChainSettings,
+    n_channels: usize,
+    filter: Option<BandpassFilter>,
+    reference: Reference,
+    detect: ThresholdCrossing,
+    bin: BinnedActivation,
+    calibration: Calibration,
+    times: StageTimes,
+}
+
+/// `median(|x|)/0.6745` of one channel (NaN-free input).
+fn noise_of(column: impl Iterator<Item = f32>) -> f32 {
+    let mut a: Vec<f32> = column.map(f32::abs).collect();
+    if a.is_empty() {
+        return 0.0;
+    }
+    let mid = a.len() / 2;
+    let (_, m, _) = a.select_nth_unstable_by(mid, f32::total_cmp);
+    let upper = *m;
+    let med = if a.len() % 2 == 1 {
+        upper
+    } else {
+        let lower = a[..mid].iter().copied().fold(f32::MIN, f32::max);
+        (lower as f64 * 0.5 + upper as f64 * 0.5) as f32
+    };
+    (med as f64 / 0.6745) as f32
+}
+
+/// The chunk's first non-finite value, as the error every stage would return.
+fn check_finite(x: ArrayView2<'_, f32>) -> Result<()> {
+    for (s, row) in x.axis_iter(Axis(0)).enumerate() {
+        if let Some((c, &v)) = row.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(Error::NonFinite {
+                what: "chunk",
+                sample: s,
+                channel: c,
+                value: v as f64,
+            });
+        }
+    }
+    Ok(())
+}
+
+impl Chain {
+    /// Calibrates on `window` (the recording's first `fit_seconds`, `(samples, channels)`,
+    /// in µV) and returns a chain ready to stream the recording from `first_sample` (the
+    /// absolute sample number of its first row).
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] for a non-positive `fs` or any stage's bad setting;
+    /// [`Error::Shape`] for a window without channels or samples; [`Error::NonFinite`] for
+    /// a NaN or ±inf in it; device errors.
+    pub fn calibrate(
+        engine: &Engine,
+        settings: ChainSettings,
+        fs: f64,
+        window: ArrayView2<'_, f32>,
+        first_sample: u64,
+    ) -> Result<Self> {
+        if !(fs.is_finite() && fs > 0.0) {
+            return Err(Error::setting(
+                "fs",
+                format!("must be finite and > 0, got {fs}"),
+            ));
+        }
+        let (n, c) = window.dim();
+        if n == 0 || c == 0 {
+            return Err(Error::shape(
+                "calibration window",
+                "at least one sample and one channel",
+                format!("({n}, {c})"),
+            ));
+        }
+        check_finite(window)?;
+        let (ThresholdRule::Absolute(t) | ThresholdRule::NoiseMultiple(t)) = settings.threshold;
+        {
+            if !t.is_finite() || t == 0.0 {
+                return Err(Error::setting(
+                    "threshold",
+                    format!("must be finite and nonzero, got {t}"),
+                ));
+            }
+        }
+        // The calibration pass runs on the chain's engine, host in and host out.
+        let mut filtered = match settings.filter {
+            Some(f) => BandpassFilter::new(engine, f, fs)?.process(window)?,
+            None => window.to_owned(),
+        };
+        let mut reference = Reference::new(engine, &settings)?;
+        if let Reference::Lrr(l) = &mut reference {
+            l.fit(filtered.view())?;
+        }
+        filtered = reference.host(filtered)?;
+        let weights = match &mut reference {
+            Reference::Lrr(l) => Some(l.weights()?),
+            _ => None,
+        };
+        let noise: Vec<f32> = (0..c)
+            .map(|j| noise_of(filtered.column(j).iter().copied()))
+            .collect();
+        let mut dead = Vec::new();
+        let thresholds: Vec<f32> = match settings.threshold {
+            ThresholdRule::Absolute(t) => vec![t as f32; c],
+            ThresholdRule::NoiseMultiple(k) => noise
+                .iter()
+                .enumerate()
+                .map(|(j, &s)| {
+                    let t = (k * s as f64) as f32;
+                    if s > 0.0 && t.is_finite() && t != 0.0 {
+                        t
+                    } else {
+                        dead.push(j);
+                        // Unreachable by any finite sample in the threshold's direction.
+                        if k < 0.0 {
+                            f32::MIN
+                        } else {
+                            f32::MAX
+                        }
+                    }
+                })
+                .collect(),
+        };
+        let filter = match settings.filter {
+            Some(f) => Some(BandpassFilter::new(engine, f, fs)?),
+            None => None,
+        };
+        let detect = ThresholdCrossing::with_thresholds(
+            engine,
+            ThresholdSettings {
+                first_sample,
+                ..settings.detection
+            },
+            fs,
+            thresholds.clone(),
+        )?;
+        let bin = BinnedActivation::new(
+            engine,
+            BinningSettings {
+                first_sample,
+                ..settings.binning
+            },
+            fs,
+        )?;
+        Ok(Chain {
+            engine: engine.clone(),
+            fs,
+            settings,
+            n_channels: c,
+            filter,
+            reference,
+            detect,
+            bin,
+            calibration: Calibration {
+                n_samples: n,
+                noise,
+                thresholds,
+                dead_channels: dead,
+                weights,
+            },
+            times: StageTimes::default(),
+        })
+    }
+
+    /// What calibration measured.
+    pub fn calibration(&self) -> &Calibration {
+        &self.calibration
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &ChainSettings {
+        &self.settings
+    }
+
+    /// Sample rate in Hz.
+    pub fn fs(&self) -> f64 {
+        self.fs
+    }
+
+    /// Number of channels.
+    pub fn n_channels(&self) -> usize {
+        self.n_channels
+    }
+
+    /// The engine the chain runs on.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Cumulative time per stage so far.
+    pub fn stage_times(&self) -> &StageTimes {
+        &self.times
+    }
+
+    /// The chain's algorithmic delays.
+    pub fn algorithmic_delay(&self) -> AlgorithmicDelay {
+        let d = &self.settings.detection;
+        AlgorithmicDelay {
+            filter: self
+                .filter
+                .as_ref()
+                .map_or(0.0, |f| f.group_delay_samples() / self.fs),
+            peak_hold: if d.align_on_peak || d.return_peak_val || d.min_peak_dur > 0.0 {
+                self.detect.max_peak_samples() as f64 / self.fs
+            } else {
+                0.0
+            },
+            bin: self.settings.binning.bin_duration,
+        }
+    }
+
+    /// Processes one `(samples, channels)` chunk (µV) of the stream.
+    ///
+    /// # Errors
+    /// Before any state changes: [`Error::Shape`] for another channel count,
+    /// [`Error::NonFinite`] naming the first NaN or ±inf; device errors (see the module docs).
+    pub fn process(&mut self, chunk: ArrayView2<'_, f32>) -> Result<ChainOutput> {
+        let t0 = Instant::now();
+        let (n, c) = chunk.dim();
+        if c != self.n_channels {
+            return Err(Error::shape(
+                "chunk",
+                format!("{} channels", self.n_channels),
+                format!("{c} channels"),
+            ));
+        }
+        check_finite(chunk)?;
+        let out = match self.engine.clone() {
+            Engine::Gpu(ctx) => self.process_gpu(&ctx, chunk, t0)?,
+            Engine::Cpu => self.process_cpu(chunk, n, t0)?,
+        };
+        self.times.chunks += 1;
+        Ok(out)
+    }
+
+    fn process_cpu(
+        &mut self,
+        chunk: ArrayView2<'_, f32>,
+        n: usize,
+        t0: Instant,
+    ) -> Result<ChainOutput> {
+        let mut t = Instant::now();
+        self.times.upload += t - t0;
+        let mut lap = |slot: &mut Duration| {
+            let now = Instant::now();
+            *slot += now - t;
+            t = now;
+        };
+        let filtered = match &mut self.filter {
+            Some(f) => f.process(chunk)?,
+            None => chunk.to_owned(),
+        };
+        lap(&mut self.times.filter);
+        let referenced = self.reference.host(filtered)?;
+        lap(&mut self.times.reference);
+        let events = self.detect.process(referenced.view())?;
+        lap(&mut self.times.threshold);
+        let bins = self.bin.process_events(&events, n, self.n_channels)?;
+        lap(&mut self.times.binning);
+        Ok(ChainOutput { events, bins })
+    }
+
+    fn process_gpu(
+        &mut self,
+        ctx: &std::sync::Arc<GpuContext>,
+        chunk: ArrayView2<'_, f32>,
+        t0: Instant,
+    ) -> Result<ChainOutput> {
+        let profile = self.settings.profile_stages;
+        let sync = |ctx: &GpuContext| if profile { ctx.wait_idle() } else { Ok(()) };
+        let up = DeviceArray::upload(ctx, chunk.into_dyn())?;
+        sync(ctx)?;
+        let mut t = Instant::now();
+        self.times.upload += t - t0;
+        let mut lap = |slot: &mut Duration| {
+            let now = Instant::now();
+            *slot += now - t;
+            t = now;
+        };
+        let filtered = match &mut self.filter {
+            Some(f) => f.process_device(&up)?,
+            None => up,
+        };
+        sync(ctx)?;
+        lap(&mut self.times.filter);
+        let referenced = self.reference.device(filtered)?;
+        sync(ctx)?;
+        lap(&mut self.times.reference);
+        let dev_events = self.detect.process_device(&referenced)?;
+        sync(ctx)?;
+        lap(&mut self.times.threshold);
+        let dev_bins = self.bin.process_device_events(&dev_events)?;
+        let events = self.detect.events_to_host(&dev_events)?;
+        let values = if dev_bins.n_bins == 0 {
+            Array2::zeros((0, self.n_channels))
+        } else {
+            dev_bins
+                .values
+                .to_host::<f32>()?
+                .into_dimensionality()
+                .map_err(|e| Error::Readback(e.to_string()))?
+        };
+        lap(&mut self.times.binning);
+        let b = &self.settings.binning;
+        let timestamps = (0..dev_bins.n_bins as u64)
+            .map(|i| b.t0 + (dev_bins.first_bin + i) as f64 * b.bin_duration)
+            .collect();
+        Ok(ChainOutput {
+            events,
+            bins: Binned {
+                first_bin: dev_bins.first_bin,
+                values,
+                timestamps,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::noise_of;
+
+    #[test]
+    fn noise_is_median_abs_over_0_6745() {
+        let n = noise_of([1.0f32, -3.0, 2.0].into_iter());
+        assert!((n - (2.0 / 0.6745) as f32).abs() < 1e-6);
+        let n = noise_of([1.0f32, -3.0, 2.0, -4.0].into_iter());
+        assert!((n - (2.5 / 0.6745) as f32).abs() < 1e-6);
+        assert_eq!(noise_of(std::iter::empty()), 0.0);
+    }
+}

@@ -1,0 +1,58 @@
+//! The engines every test file runs on. GPU tests fail — never skip — without an adapter.
+#![allow(dead_code)]
+
+use std::sync::{Arc, OnceLock};
+
+use neurokernels::{Engine, GpuContext, GpuOptions};
+use rand::SeedableRng;
+use rand_pcg::Pcg64;
+
+fn open_gpu() -> Result<Engine, String> {
+    Engine::gpu(&GpuOptions::software_ok()).map_err(|e| e.to_string())
+}
+
+fn expect_gpu(made: &Result<Engine, String>) -> Engine {
+    match made {
+        Ok(e) => e.clone(),
+        Err(e) => panic!(
+            "no GPU adapter (WGPU_BACKEND={:?}): {e}. GPU tests fail rather than skip; \
+             install lavapipe/llvmpipe or run on a machine with a GPU",
+            std::env::var("WGPU_BACKEND").ok()
+        ),
+    }
+}
+
+/// The GPU engine: one context shared by every test of the binary.
+pub fn gpu() -> Engine {
+    static GPU: OnceLock<Result<Engine, String>> = OnceLock::new();
+    expect_gpu(GPU.get_or_init(open_gpu))
+}
+
+/// The GPU engine: one context per test thread, for tests with long device work (wgpu's GL
+/// backend serialises a context behind one lock that gives up after 6 s). Each context is
+/// leaked on purpose: one dropped by a thread-local destructor at thread exit runs into
+/// wgpu-core's own thread-locals already destroyed (a panic in a destructor: an abort).
+pub fn gpu_per_thread() -> Engine {
+    thread_local! {
+        static GPU: &'static Result<Engine, String> = Box::leak(Box::new(open_gpu()));
+    }
+    GPU.with(|g| expect_gpu(g))
+}
+
+/// The shared GPU engine's context.
+pub fn ctx() -> Arc<GpuContext> {
+    match gpu() {
+        Engine::Gpu(c) => c,
+        Engine::Cpu => unreachable!("gpu() returns the GPU engine"),
+    }
+}
+
+/// Both engines, named.
+pub fn engines() -> [(&'static str, Engine); 2] {
+    [("cpu", Engine::cpu()), ("gpu", gpu())]
+}
+
+/// A seeded generator.
+pub fn rng(seed: u64) -> Pcg64 {
+    Pcg64::seed_from_u64(seed)
+}
