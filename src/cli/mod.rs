@@ -193,6 +193,18 @@ fn parse_clusters(text: &str, n_channels: usize) -> Result<Vec<Vec<usize>>, CliE
     if out.is_empty() {
         return Err(bad("no clusters given".into()));
     }
+    let mut seen = vec![false; n_channels];
+    for &c in out.iter().flatten() {
+        match seen.get_mut(c) {
+            None => {
+                return Err(bad(format!(
+                    "channel {c} is out of range ({n_channels} channels)"
+                )))
+            }
+            Some(true) => return Err(bad(format!("channel {c} is listed twice"))),
+            Some(s) => *s = true,
+        }
+    }
     Ok(out)
 }
 
