@@ -12,10 +12,12 @@
 // unevaluated pair hi + lo of f32, every state value and every section output a pair too.
 // Sums use the two-sum error-free transform, products Dekker's exact product of the hi
 // parts (Veltkamp splitting: software adapters lower `fma` to a multiply and an add, so it
-// gives no rounding error). Every intermediate of these transforms is multiplied by
-// `params.one` (1.0, unknown to the compiler): otherwise the compiler's algebraic
-// simplification folds `(a + b) − a` to `b` and the error terms to 0. Were a compiler to fold
-// them anyway, the hi parts alone are the plain f32 recurrence.
+// gives no rounding error). The intermediates of these transforms pass through `opaque`, a
+// bit-level identity the compiler cannot see through (`zero_bits` is 0, derived from
+// `params.one` = 1.0): otherwise Mesa's algebraic simplification folds `(a + b) − a` to `b`
+// and the error terms to 0 (multiplying by an unknown 1.0 is not enough: products get
+// reassociated). Were a compiler to fold them anyway, the hi parts alone are the plain f32
+// recurrence.
 //
 // Bindings (group 0):
 //   0 params     uniform     Params of this dispatch
@@ -37,7 +39,7 @@ struct Params {
     rows: u32,       // rows in this piece
     row0: u32,       // first row of this piece within the chunk
     n_sections: u32, // sections of the cascade (≤ MAX_SECTIONS)
-    one: f32,        // 1.0
+    one: f32,        // 1.0 (its bits give `zero_bits`)
     pad0: u32,
     pad1: u32,
     pad2: u32,
@@ -51,27 +53,33 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> output: array<f32>;
 @group(0) @binding(6) var<storage, read_write> status: array<atomic<u32>>;
 
-var<private> one: f32;
+var<private> zero_bits: u32;
+
+// x, hidden from the compiler's floating-point simplification (an integer xor with a 0 it
+// cannot know).
+fn opaque(x: f32) -> f32 {
+    return bitcast<f32>(bitcast<u32>(x) ^ zero_bits);
+}
 
 // a + b = s + e exactly (Knuth's two-sum).
 fn two_sum(a: f32, b: f32) -> vec2<f32> {
-    let s = (a + b) * one;
-    let bb = (s - a) * one;
+    let s = opaque(a + b);
+    let bb = opaque(s - a);
     let e = (a - (s - bb)) + (b - bb);
     return vec2<f32>(s, e);
 }
 
 // a + b = s + e exactly when |a| ≥ |b| (or a = 0).
 fn fast_two_sum(a: f32, b: f32) -> vec2<f32> {
-    let s = (a + b) * one;
-    let e = b - (s - a) * one;
+    let s = opaque(a + b);
+    let e = b - opaque(s - a);
     return vec2<f32>(s, e);
 }
 
 // Veltkamp split: a = hi + lo, each with at most 12 significant bits.
 fn split(a: f32) -> vec2<f32> {
-    let t = (4097.0 * a) * one;
-    let hi = (t - (t - a) * one) * one;
+    let t = opaque(4097.0 * a);
+    let hi = opaque(t - opaque(t - a));
     return vec2<f32>(hi, a - hi);
 }
 
@@ -87,7 +95,7 @@ fn dd_add(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
 // Coefficient c (vec4 as in binding 1) times the pair y whose hi part splits as ys:
 // Dekker's exact product of the hi parts plus the cross terms.
 fn dd_mul(c: vec4<f32>, y: vec2<f32>, ys: vec2<f32>) -> vec2<f32> {
-    let p = (c.x * y.x) * one;
+    let p = opaque(c.x * y.x);
     let e = (((c.z * ys.x - p) + c.z * ys.y) + c.w * ys.x) + c.w * ys.y;
     return fast_two_sum(p, e + (c.x * y.y + c.y * y.x));
 }
@@ -107,7 +115,7 @@ fn sosfilt(
     if c >= nc {
         return;
     }
-    one = params.one;
+    zero_bits = bitcast<u32>(params.one) ^ 0x3f800000u;
     let ns = min(params.n_sections, MAX_SECTIONS);
     var z: array<vec4<f32>, MAX_SECTIONS>;
     for (var s = 0u; s < ns; s++) {

@@ -17,9 +17,11 @@
 //!   to `f32`: within half an `f32` ulp of the exact value.
 //! * GPU (`gpu.rs`, `shaders/reference.wgsl`): `f32` only. The mean is a pairwise sum (error
 //!   about `log₂(channels)·2⁻²⁴·Σ|x|`), then one division and one subtraction; the median
-//!   ranks each sample against its row, picks the exact middle values and averages them as
+//!   ranks each sample against its row (`channels²` comparisons per row: the median costs
+//!   far more than the mean on the GPU), picks the exact middle values and averages them as
 //!   `a/2 + b/2`. The tests bound the difference from an `f64` truth by `1e-6 · max|x|` of the
-//!   row (measured: a few `1e-8`).
+//!   row (measured on lavapipe and llvmpipe-GL, values around 1000 ± 200: mean 1.5e-7,
+//!   median 6e-8 × max|x|; the CPU engine 6e-9, and 0 for the median).
 
 mod cpu;
 mod gpu;
