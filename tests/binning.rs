@@ -17,6 +17,7 @@
 //! is summed over the bin (bin length × largest activation); see `common::tolerance`.
 
 mod common;
+mod support;
 
 use std::path::PathBuf;
 
@@ -1746,24 +1747,7 @@ fn positions_sparse_chunk_longer_than_u32_gpu() {
 // reference_*: the Python package's own output (shared/reference/binning)
 
 fn reference_dir(case: &str) -> PathBuf {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let mut tried = Vec::new();
-    let candidates = std::env::var("NEUROKERNELS_REFERENCE")
-        .ok()
-        .map(PathBuf::from)
-        .into_iter()
-        .chain([
-            PathBuf::from(root).join("shared/reference"),
-            PathBuf::from(root).join("../shared/reference"),
-        ]);
-    for c in candidates {
-        let d = c.join("binning").join(case);
-        if d.join("params.json").is_file() {
-            return d;
-        }
-        tried.push(d);
-    }
-    panic!("reference vectors for {case} not found (set NEUROKERNELS_REFERENCE); tried {tried:?}");
+    support::reference("binning", case)
 }
 
 fn npy<T: ndarray_npy::ReadNpyExt>(dir: &std::path::Path, name: &str) -> T {

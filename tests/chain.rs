@@ -3,9 +3,8 @@
 //! rejected whole with every stage's state unchanged; and the closed-loop simulation scores
 //! above stated bounds on both engines.
 
-mod engines;
+mod support;
 
-use engines::{engines, gpu, rng};
 use ndarray::{concatenate, s, Array2, ArrayView2, Axis};
 use neurokernels::chain::{Chain, ChainSettings, ReferenceMode, ThresholdRule};
 use neurokernels::filter::{BandpassFilter, FilterSettings};
@@ -15,6 +14,7 @@ use neurokernels::{
     BinnedActivation, Engine, Error, Event, Lrr, LrrSettings, ThresholdCrossing, WeightsSource,
 };
 use rand::Rng;
+use support::{engines, gpu, rng};
 
 const FS: f64 = 30_000.0;
 

@@ -15,13 +15,16 @@
 //! alongside its values; logits within `(depth + 2)·u·Σ|x·w|/occ` of an `f64` evaluation on
 //! the engine's own state, plus the output's `f32` rounding.
 
+mod support;
+
+use support::{gpu, rng};
+
 use std::path::PathBuf;
-use std::sync::OnceLock;
 
 use ndarray::{Array1, Array2, Array3, ArrayView2, Axis};
 use neurokernels::classifier::{ClassifierSettings, MaxRateClassifier, Prediction};
-use neurokernels::{DeviceArray, Engine, Error, GpuOptions};
-use rand::{Rng, SeedableRng};
+use neurokernels::{DeviceArray, Engine, Error};
+use rand::Rng;
 use rand_pcg::Pcg64;
 
 const SEED: u64 = 0xc1a5_5e5d;
@@ -33,18 +36,6 @@ const SEED: u64 = 0xc1a5_5e5d;
 enum Eng {
     Cpu,
     Gpu,
-}
-
-/// The GPU engine (one context per test binary). Fails the test when no adapter is found.
-fn gpu() -> Engine {
-    static GPU: OnceLock<Result<Engine, String>> = OnceLock::new();
-    match GPU.get_or_init(|| Engine::gpu(&GpuOptions::software_ok()).map_err(|e| e.to_string())) {
-        Ok(e) => e.clone(),
-        Err(e) => panic!(
-            "no GPU adapter (WGPU_BACKEND={:?}): {e}. GPU tests fail rather than skip",
-            std::env::var("WGPU_BACKEND").ok()
-        ),
-    }
 }
 
 impl Eng {
@@ -72,10 +63,6 @@ fn clf(eng: Eng, n: usize, k: usize, decay: f64) -> MaxRateClassifier {
         },
     )
     .expect("classifier")
-}
-
-fn rng(seed: u64) -> Pcg64 {
-    Pcg64::seed_from_u64(seed)
 }
 
 // =============================================================================================
@@ -489,24 +476,7 @@ fn parity_sub_batches_gpu() {
 // reference_*: the Python package's own output
 
 fn reference_dir(case: &str) -> PathBuf {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let mut tried = Vec::new();
-    let candidates = std::env::var("NEUROKERNELS_REFERENCE")
-        .ok()
-        .map(PathBuf::from)
-        .into_iter()
-        .chain([
-            PathBuf::from(root).join("shared/reference"),
-            PathBuf::from(root).join("../shared/reference"),
-        ]);
-    for c in candidates {
-        let d = c.join("classifier").join(case);
-        if d.join("params.json").is_file() {
-            return d;
-        }
-        tried.push(d);
-    }
-    panic!("reference vectors for {case} not found (set NEUROKERNELS_REFERENCE); tried {tried:?}");
+    support::reference("classifier", case)
 }
 
 fn npy<T: ndarray_npy::ReadNpyExt>(dir: &std::path::Path, name: &str) -> T {

@@ -4,6 +4,7 @@
 //! open into a later chunk) are rejected with the stream left as it was.
 
 mod common;
+mod support;
 
 use ndarray::{s, Array2};
 use neurokernels::{

@@ -5,8 +5,11 @@
 //! The GPU engine is opened with `GpuOptions::software_ok()` (pick the backend with
 //! `WGPU_BACKEND`); a missing adapter fails the tests — nothing here skips.
 
+mod support;
+
+use support::{ctx, engines, gpu, rng};
+
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
 
 use ndarray::{s, Array1, Array2, Array3, ArrayD, ArrayViewD, Axis, IxDyn};
 use neurokernels::encoders::{
@@ -15,39 +18,11 @@ use neurokernels::encoders::{
 };
 use neurokernels::gpu::DeviceElement;
 use neurokernels::rng::{key_of, philox4x32_10};
-use neurokernels::{DeviceArray, Engine, Error, GpuContext, GpuOptions};
-use rand::{Rng, SeedableRng};
-use rand_pcg::Pcg64;
+use neurokernels::{DeviceArray, Engine, Error};
+use rand::Rng;
 
 // ---------------------------------------------------------------------------------------------
 // Engines and helpers
-
-/// The GPU engine (one context per test binary). Panics — fails the test — without an adapter.
-fn gpu() -> Engine {
-    static GPU: OnceLock<Result<Engine, String>> = OnceLock::new();
-    match GPU.get_or_init(|| Engine::gpu(&GpuOptions::software_ok()).map_err(|e| e.to_string())) {
-        Ok(e) => e.clone(),
-        Err(e) => panic!(
-            "no GPU adapter (WGPU_BACKEND={:?}): {e}. GPU tests fail rather than skip",
-            std::env::var("WGPU_BACKEND").ok()
-        ),
-    }
-}
-
-fn ctx() -> Arc<GpuContext> {
-    match gpu() {
-        Engine::Gpu(c) => c,
-        Engine::Cpu => unreachable!("gpu() returns the GPU engine"),
-    }
-}
-
-fn engines() -> [(&'static str, Engine); 2] {
-    [("cpu", Engine::cpu()), ("gpu", gpu())]
-}
-
-fn rng(seed: u64) -> Pcg64 {
-    Pcg64::seed_from_u64(seed)
-}
 
 fn upload<T: DeviceElement>(x: ArrayViewD<'_, T>) -> DeviceArray {
     DeviceArray::upload(&ctx(), x).expect("upload")
@@ -91,7 +66,7 @@ fn read_npy_u8(case: &str, file: &str) -> ArrayD<u8> {
 }
 
 fn reference(case: &str) -> PathBuf {
-    PathBuf::from("/work/shared/reference/encoders").join(case)
+    support::reference("encoders", case)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,51 +6,18 @@
 //!
 //! GPU tests never skip: without an adapter they fail.
 
+mod support;
+
+use support::{ctx, engines, gpu, rng};
+
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
 
 use ndarray::{s, Array1, Array2, ArrayView2, Axis};
-use neurokernels::{
-    butter_sos, BandpassFilter, DeviceArray, Engine, Error, FilterSettings, GpuContext, GpuOptions,
-};
-use rand::{Rng, SeedableRng};
-use rand_pcg::Pcg64;
+use neurokernels::{butter_sos, BandpassFilter, DeviceArray, Engine, Error, FilterSettings};
+use rand::Rng;
 
 // ---------------------------------------------------------------------------------------------
 // Engines
-
-fn gpu() -> Engine {
-    static GPU: OnceLock<Result<Engine, String>> = OnceLock::new();
-    let made = GPU.get_or_init(|| {
-        let e = Engine::gpu(&GpuOptions::software_ok()).map_err(|e| e.to_string());
-        if let Ok(e) = &e {
-            eprintln!("filter tests on {}", e.describe());
-        }
-        e
-    });
-    match made {
-        Ok(e) => e.clone(),
-        Err(e) => panic!(
-            "no GPU adapter (WGPU_BACKEND={:?}): {e}. GPU tests fail rather than skip",
-            std::env::var("WGPU_BACKEND").ok()
-        ),
-    }
-}
-
-fn ctx() -> Arc<GpuContext> {
-    match gpu() {
-        Engine::Gpu(c) => c,
-        Engine::Cpu => unreachable!("gpu() returns the GPU engine"),
-    }
-}
-
-fn engines() -> Vec<(&'static str, Engine)> {
-    vec![("cpu", Engine::cpu()), ("gpu", gpu())]
-}
-
-fn rng(seed: u64) -> Pcg64 {
-    Pcg64::seed_from_u64(seed)
-}
 
 /// The specified bound: 1e-4 of the signal's RMS.
 const BOUND: f64 = 1e-4;
@@ -140,7 +107,7 @@ fn lfp_like(n: usize, nc: usize, fs: f64, seed: u64) -> Array2<f32> {
 // Reference vectors (scipy)
 
 fn ref_dir() -> PathBuf {
-    PathBuf::from("/work/shared/reference/chain/filter_band_order5_fs20k")
+    support::reference("chain", "filter_band_order5_fs20k")
 }
 
 struct Reference {

@@ -8,8 +8,11 @@
 //! `WGPU_BACKEND=vulkan cargo test --test glm` and `WGPU_BACKEND=gl cargo test --test glm`.
 //! The larger runs are `#[ignore]`d: `cargo test --release --test glm -- --ignored`.
 
+mod support;
+
+use support::{engines, gpu, rng};
+
 use std::path::PathBuf;
-use std::sync::OnceLock;
 
 use ndarray::{s, Array1, Array2, Array3, Array4, ArrayD, Axis};
 use neurokernels::glm::{
@@ -17,38 +20,15 @@ use neurokernels::glm::{
     simulate_recurrent_batch, GlmOutput, Link, RaisedCosineLogEval, RecurrentGlm, Sampling,
 };
 use neurokernels::rng::{key_of, philox4x32_10};
-use neurokernels::{Engine, Error, GpuOptions};
-use rand::{Rng, SeedableRng};
-use rand_pcg::Pcg64;
+use neurokernels::{Engine, Error};
+use rand::Rng;
 use statrs::distribution::{ChiSquared, ContinuousCDF, Discrete, DiscreteCDF, Poisson};
 
 // ---------------------------------------------------------------------------------------------
 // Engines and data
 
-/// The GPU engine (one context per test binary); fails the test when there is no adapter.
-fn gpu() -> Engine {
-    static GPU: OnceLock<Result<Engine, String>> = OnceLock::new();
-    match GPU.get_or_init(|| Engine::gpu(&GpuOptions::software_ok()).map_err(|e| e.to_string())) {
-        Ok(e) => e.clone(),
-        Err(e) => panic!(
-            "no GPU adapter (WGPU_BACKEND={:?}): {e}. GPU tests fail rather than skip",
-            std::env::var("WGPU_BACKEND").ok()
-        ),
-    }
-}
-
-fn engines() -> [(&'static str, Engine); 2] {
-    [("cpu", Engine::cpu()), ("gpu", gpu())]
-}
-
-fn rng(seed: u64) -> Pcg64 {
-    Pcg64::seed_from_u64(seed)
-}
-
 fn reference(case: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/reference/glm")
-        .join(case)
+    support::reference("glm", case)
 }
 
 fn npy<D: ndarray::Dimension>(case: &str, file: &str) -> ndarray::Array<f64, D> {

@@ -14,13 +14,17 @@
 //! and `*_gpu`; GPU tests fail, never skip, without an adapter (`WGPU_BACKEND=vulkan` or
 //! `gl` picks the backend).
 
+mod support;
+
+use support::{gpu_per_thread as gpu, rng};
+
 use std::path::{Path, PathBuf};
 
 use nalgebra::DMatrix;
 use ndarray::{s, Array2, ArrayView2, Axis};
 use neurokernels::lrr::{read_csv, write_csv, Lrr, LrrSettings, WeightsSource};
-use neurokernels::{DeviceArray, Engine, Error, GpuOptions};
-use rand::{Rng, SeedableRng};
+use neurokernels::{DeviceArray, Engine, Error};
+use rand::Rng;
 use rand_pcg::Pcg64;
 
 // ---------------------------------------------------------------------------------------------
@@ -30,27 +34,6 @@ use rand_pcg::Pcg64;
 enum Eng {
     Cpu,
     Gpu,
-}
-
-/// The GPU engine: one context per test thread (the tests run in parallel, and wgpu's GL
-/// backend serialises everything on a context behind one lock that it gives up on after 6 s;
-/// separate contexts keep one test's long device work from starving another). Each context is
-/// leaked on purpose: a context dropped by a thread-local destructor at thread exit runs into
-/// wgpu-core's own thread-locals already destroyed (a panic in a destructor, so an abort).
-/// Panics — fails the test — when no adapter is found: GPU tests never skip.
-fn gpu() -> Engine {
-    thread_local! {
-        static GPU: &'static Result<Engine, String> = Box::leak(Box::new(
-            Engine::gpu(&GpuOptions::software_ok()).map_err(|e| e.to_string()),
-        ));
-    }
-    GPU.with(|g| match *g {
-        Ok(e) => e.clone(),
-        Err(e) => panic!(
-            "no GPU adapter (WGPU_BACKEND={:?}): {e}. GPU tests fail rather than skip",
-            std::env::var("WGPU_BACKEND").ok()
-        ),
-    })
 }
 
 impl Eng {
@@ -72,10 +55,6 @@ macro_rules! both {
             $( #[test] fn $name() { super::$name(super::Eng::Gpu) } )*
         }
     };
-}
-
-fn rng(seed: u64) -> Pcg64 {
-    Pcg64::seed_from_u64(seed)
 }
 
 /// Standard normal (Box–Muller).
@@ -898,26 +877,7 @@ fn io_save_and_preload(eng: Eng) {
 // reference vectors (ezmsg-learn 1.4.1)
 
 fn reference_dir(case: &str) -> PathBuf {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let candidates = std::env::var("NEUROKERNELS_REFERENCE")
-        .ok()
-        .map(PathBuf::from)
-        .into_iter()
-        .chain([
-            PathBuf::from(root).join("shared/reference"),
-            PathBuf::from(root).join("../shared/reference"),
-        ]);
-    let mut tried = Vec::new();
-    for c in candidates {
-        let d = c.join("lrr").join(case);
-        if d.join("params.json").is_file() {
-            return d;
-        }
-        tried.push(d);
-    }
-    panic!(
-        "reference vectors for lrr/{case} not found (set NEUROKERNELS_REFERENCE); tried {tried:?}"
-    );
+    support::reference("lrr", case)
 }
 
 fn npy(dir: &Path, name: &str) -> Array2<f64> {

@@ -9,51 +9,18 @@
 //!
 //! GPU tests never skip: without an adapter they fail.
 
+mod support;
+
+use support::{ctx, engines, gpu, rng};
+
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
 
 use ndarray::{s, Array1, Array2, ArrayView2};
-use neurokernels::{
-    DeviceArray, Engine, Error, Event, GpuContext, GpuOptions, ThresholdCrossing, ThresholdSettings,
-};
-use rand::{Rng, SeedableRng};
-use rand_pcg::Pcg64;
+use neurokernels::{DeviceArray, Engine, Error, Event, ThresholdCrossing, ThresholdSettings};
+use rand::Rng;
 
 // ---------------------------------------------------------------------------------------------
 // Engines
-
-fn gpu() -> Engine {
-    static GPU: OnceLock<Result<Engine, String>> = OnceLock::new();
-    let made = GPU.get_or_init(|| {
-        let e = Engine::gpu(&GpuOptions::software_ok()).map_err(|e| e.to_string());
-        if let Ok(e) = &e {
-            eprintln!("threshold tests on {}", e.describe());
-        }
-        e
-    });
-    match made {
-        Ok(e) => e.clone(),
-        Err(e) => panic!(
-            "no GPU adapter (WGPU_BACKEND={:?}): {e}. GPU tests fail rather than skip",
-            std::env::var("WGPU_BACKEND").ok()
-        ),
-    }
-}
-
-fn ctx() -> Arc<GpuContext> {
-    match gpu() {
-        Engine::Gpu(c) => c,
-        Engine::Cpu => unreachable!("gpu() returns the GPU engine"),
-    }
-}
-
-fn engines() -> Vec<(&'static str, Engine)> {
-    vec![("cpu", Engine::cpu()), ("gpu", gpu())]
-}
-
-fn rng(seed: u64) -> Pcg64 {
-    Pcg64::seed_from_u64(seed)
-}
 
 // ---------------------------------------------------------------------------------------------
 // The truth: plain sequential f64, whole stream, from the definition in the module docs.
@@ -848,7 +815,7 @@ fn spec_stream_starting_near_2_pow_32() {
 // reference_*: vectors from the shared reference set
 
 fn reference_dir() -> PathBuf {
-    PathBuf::from("/work/shared/reference/chain/threshold_neg_no_refrac")
+    support::reference("chain", "threshold_neg_no_refrac")
 }
 
 #[test]

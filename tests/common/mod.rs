@@ -10,14 +10,13 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
 
 use ndarray::{s, Array2, ArrayView2, ShapeBuilder};
-use neurokernels::{
-    Aggregation, Binned, BinnedActivation, BinningSettings, Engine, Event, GpuOptions, Kernel,
-};
-use rand::{Rng, SeedableRng};
+use neurokernels::{Aggregation, Binned, BinnedActivation, BinningSettings, Engine, Event, Kernel};
+use rand::Rng;
 use rand_pcg::Pcg64;
+
+pub use crate::support::{gpu, rng};
 
 // ---------------------------------------------------------------------------------------------
 // Engines
@@ -25,20 +24,6 @@ use rand_pcg::Pcg64;
 /// The CPU engine.
 pub fn cpu() -> Engine {
     Engine::cpu()
-}
-
-/// The GPU engine (one shared context per test binary). Panics — fails the test — when no
-/// adapter is found: GPU tests never skip.
-pub fn gpu() -> Engine {
-    static GPU: OnceLock<Result<Engine, String>> = OnceLock::new();
-    match GPU.get_or_init(|| Engine::gpu(&GpuOptions::software_ok()).map_err(|e| e.to_string())) {
-        Ok(e) => e.clone(),
-        Err(e) => panic!(
-            "no GPU adapter (WGPU_BACKEND={:?}): {e}. GPU tests fail rather than skip; \
-             install lavapipe/llvmpipe or run on a machine with a GPU",
-            std::env::var("WGPU_BACKEND").ok()
-        ),
-    }
 }
 
 /// Which engine produced an output: selects the documented error bound.
@@ -55,11 +40,6 @@ impl Eng {
             Eng::Gpu => gpu(),
         }
     }
-}
-
-/// A seeded generator.
-pub fn rng(seed: u64) -> Pcg64 {
-    Pcg64::seed_from_u64(seed)
 }
 
 // ---------------------------------------------------------------------------------------------

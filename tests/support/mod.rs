@@ -1,4 +1,5 @@
-//! The engines every test file runs on. GPU tests fail — never skip — without an adapter.
+//! What every test file shares: the engines (GPU tests fail — never skip — without an
+//! adapter), seeded generators, and the reference vectors.
 #![allow(dead_code)]
 
 use std::sync::{Arc, OnceLock};
@@ -55,4 +56,15 @@ pub fn engines() -> [(&'static str, Engine); 2] {
 /// A seeded generator.
 pub fn rng(seed: u64) -> Pcg64 {
     Pcg64::seed_from_u64(seed)
+}
+
+/// The directory of a reference case: outputs of the Python packages (and scipy) the crate
+/// replaces, kept in `tests/reference/<family>/<case>` (see its README).
+pub fn reference(family: &str, case: &str) -> std::path::PathBuf {
+    let d = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/reference")
+        .join(family)
+        .join(case);
+    assert!(d.is_dir(), "reference case {} is missing", d.display());
+    d
 }
