@@ -330,6 +330,7 @@ fn parity_random_awkward_sizes() {
             (67, 3, 300.0),
             (5, 6, 300.0),
             (3, 4, 5.0),
+            (2, 12, 300.0),
         ] {
             let x = lfp_like(
                 if low < 100.0 { 60_000 } else { 3001 },

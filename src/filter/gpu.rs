@@ -1,10 +1,10 @@
 //! GPU half of the filter: buffers, dispatch and read-back around `shaders/filter.wgsl`
 //! (entry `sosfilt`).
 //!
-//! Per chunk: one uniform write, one encoder, one dispatch per piece of at most
-//! `16 384 / (sections + 1)` rows (the loop bound of software adapters; a single piece for a
-//! 20 ms chunk at 30 kHz with up to 26 sections), one submit and one small read-back (a
-//! status word; the output too for host chunks). The section state lives in three buffers:
+//! Per chunk: one uniform write, one encoder, one dispatch per piece of at most 16 384 rows
+//! (the loop bound of software adapters; a single piece for chunks up to 0.5 s at 30 kHz),
+//! one submit and one small read-back (a status word; the output too for host chunks). The
+//! pipeline is specialised on the section count (override `NS`). The section state lives in three buffers:
 //! the committed one is only read; a chunk writes another (pieces of a split chunk alternate
 //! between the two others), and the committed index moves only once the chunk is accepted.
 
@@ -35,9 +35,10 @@ const LAYOUT: [Binding; 7] = [
 /// Bytes of one (section, channel) state: `vec4<f32>`.
 const STATE_BYTES: u64 = 16;
 
-/// Most loop iterations (rows × (sections + 1)) one invocation runs in one dispatch: 4× below
-/// the 65 535 after which llvmpipe silently ends an invocation.
-const MAX_LOOP_ITERATIONS: u64 = 16_384;
+/// Most rows one dispatch walks: the kernel's only loop runs once per row (the sections are
+/// spelled out, not looped), so this is also the most loop iterations any invocation runs,
+/// 4× below the 65 535 after which llvmpipe silently ends an invocation.
+const MAX_ROWS_PER_DISPATCH: u64 = 16_384;
 
 /// The shader's `Params` (one per dispatch).
 #[repr(C)]
@@ -112,7 +113,12 @@ fn split(c: f64) -> [f32; 4] {
 
 impl GpuFilter {
     pub(crate) fn new(ctx: &Arc<GpuContext>, sos: &[Coeffs]) -> Result<Self> {
-        let pipeline = ctx.pipeline(&FILTER, "sosfilt", &[("WG_SIZE", WG_SIZE as f64)], &LAYOUT)?;
+        let pipeline = ctx.pipeline(
+            &FILTER,
+            "sosfilt",
+            &[("WG_SIZE", WG_SIZE as f64), ("NS", sos.len() as f64)],
+            &LAYOUT,
+        )?;
         let pairs: Vec<[f32; 4]> = sos.iter().flat_map(|s| s.map(split)).collect();
         let (coeffs, status) = ctx.scoped(|| {
             let coeffs = ctx.storage(pairs.len() as u64 * 16, "neurokernels.filter.coeffs");
@@ -215,8 +221,7 @@ impl GpuFilter {
         let row_bytes = nc as u64 * 4;
         let row_step = a_s / gcd(a_s, row_bytes).max(1);
         let by_binding = max_b / row_bytes / row_step * row_step;
-        let by_loop = (MAX_LOOP_ITERATIONS / (self.n_sections as u64 + 1))
-            .min(self.rows_limit.map_or(u64::MAX, |r| r as u64));
+        let by_loop = MAX_ROWS_PER_DISPATCH.min(self.rows_limit.map_or(u64::MAX, |r| r as u64));
         let rows_per = by_binding.min((by_loop / row_step * row_step).max(row_step));
         if rows_per == 0 {
             return Err(Error::shape(

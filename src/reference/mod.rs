@@ -22,6 +22,9 @@
 //!   `a/2 + b/2`. The tests bound the difference from an `f64` truth by `1e-6 · max|x|` of the
 //!   row (measured on lavapipe and llvmpipe-GL, values around 1000 ± 200: mean 1.5e-7,
 //!   median 6e-8 × max|x|; the CPU engine 6e-9, and 0 for the median).
+//!
+//! Cost (`benches/filter.rs`, mean, 384 channels, 600-row chunks, noisy 2-core VM): CPU about
+//! 0.14 ms per chunk; GPU on lavapipe about 1.5–2.4 ms (min–p50, host path).
 
 mod cpu;
 mod gpu;
