@@ -212,7 +212,10 @@ pub struct SimTimes {
     pub encoder: f64,
     /// Recurrent GLM.
     pub glm: f64,
-    /// Waveform and noise synthesis.
+    /// Waveform and noise synthesis: the host synthesis of the calibration window, plus per
+    /// chunk the host synthesis (CPU engine) or the building and submission of the
+    /// synthesis kernel (GPU engine, whose device time then counts in the chain's first
+    /// stage, which waits for it).
     pub synthesis: f64,
     /// Calibration pass (filter, LRR fit, noise levels).
     pub calibration: f64,
