@@ -3,16 +3,6 @@
 //!
 //! Every noise sample is a function of its absolute `(sample, channel)` position (Philox
 //! counters), so any chunking synthesises the same recording.
-//!
-//! # Engines
-//! [`Synthesizer::chunk`] and [`Synthesizer::fill`] compute on the host (multi-threaded) on
-//! either engine: they are the CPU twin. [`Synthesizer::fill_device`] runs the same formula
-//! as one WGSL kernel (`shaders/synth.wgsl`) and leaves the chunk on the device, for a chain
-//! to consume with no host round trip. The two agree to a few `f32` ulps of each term: the
-//! Philox words are bit-identical, `ln`, `cos` and `sin` are the platform's `f32` functions on
-//! each side, and the GPU reduces the LFP phase per 64-sample block on the host in `f64`
-//! (exact to ~1e-7 cycles at any sample) where the CPU evaluates `sin(2π f t / fs)` in `f64`.
-//! On each engine the output does not depend on the chunking (bit-identical).
 
 use std::sync::Arc;
 
@@ -52,6 +42,19 @@ pub(crate) fn waveform(fs: f64) -> Vec<f32> {
 }
 
 /// Synthesises chunks of the recording of one simulation.
+///
+/// # Engines
+/// [`Synthesizer::chunk`] and [`Synthesizer::fill`] compute on the host (multi-threaded) on
+/// either engine: they are the CPU twin. [`Synthesizer::fill_device`] runs the same formula
+/// as one WGSL kernel (`shaders/synth.wgsl`) and leaves the chunk on the device, for a chain
+/// to consume with no host round trip. The two agree to a few `f32` ulps of each term: the
+/// Philox words are bit-identical, `ln`, `cos` and `sin` are the platform's `f32` functions on
+/// each side, and the GPU reduces the LFP phase per 64-sample block on the host in `f64`
+/// (exact to ~1e-7 cycles at any sample) where the CPU evaluates `sin(2π f t / fs)` in `f64`.
+/// The difference is a few µV·1e-5 on software adapters (at most 7e-5 µV at the default
+/// noise levels); the tests allow `1e-4·(noise_uv + shared_noise_uv + lfp_uv) + 1e-5·|x|`,
+/// room for a hardware GPU's approximate `log`/`cos`/`sin`. On each engine the output does
+/// not depend on the chunking (bit-identical).
 #[derive(Debug, Clone)]
 pub struct Synthesizer {
     settings: SimSettings,
@@ -141,7 +144,7 @@ impl Synthesizer {
 
     /// The `(n, channels)` chunk starting at sample `start`, in µV, synthesised on the
     /// device and left there (GPU engine only). Equal to [`Synthesizer::chunk`] to the
-    /// tolerance of the [module docs](self); an empty chunk is a `(0, channels)` array.
+    /// tolerance stated on [`Synthesizer`]; an empty chunk is a `(0, channels)` array.
     ///
     /// # Errors
     /// [`Error::DeviceArray`] on the CPU engine; [`Error::PositionOverflow`] for a chunk
