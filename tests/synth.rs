@@ -160,6 +160,12 @@ fn bad_inputs_are_errors() {
     );
     let g = Synthesizer::for_settings(&gpu(), &s, vec![]).expect("synth");
     assert!(g.fill_device(u64::MAX - 5, 10).is_err(), "past u64::MAX");
+    let edge = Synthesizer::for_settings(&cpu, &s, vec![(u64::MAX - 3, 1)]).expect("synth");
+    assert_eq!(
+        edge.chunk(u64::MAX - 5, 10).dim(),
+        (10, 4),
+        "the host path does not panic"
+    );
 }
 
 #[test]

@@ -180,7 +180,8 @@ impl Synthesizer {
         x
     }
 
-    /// Writes the chunk starting at `start` into `out` (`(samples, channels)`).
+    /// Writes the chunk starting at `start` into `out` (`(samples, channels)`). Rows past
+    /// sample `u64::MAX` get the noise of the samples counted from 0 again, and no spikes.
     pub fn fill(&self, start: u64, mut out: ArrayViewMut2<'_, f32>) {
         let n = out.nrows();
         let threads = std::thread::available_parallelism()
@@ -194,7 +195,7 @@ impl Synthesizer {
                 let len = per.min(n - at);
                 let (head, tail) = rest.split_at(Axis(0), len);
                 rest = tail;
-                let first = start + at as u64;
+                let first = start.wrapping_add(at as u64);
                 scope.spawn(move || self.noise(first, head));
                 at += len;
             }
@@ -211,7 +212,7 @@ impl Synthesizer {
         let mut shared = vec![0f32; n_clusters];
         let mut lfp = [0f32; LFP.len()];
         for (r, mut row) in out.axis_iter_mut(Axis(0)).enumerate() {
-            let t = start + r as u64;
+            let t = start.wrapping_add(r as u64);
             let (lo, hi) = (t as u32, (t >> 32) as u32);
             for (k, v) in shared.iter_mut().enumerate() {
                 let w = philox4x32_10([lo, hi, k as u32, stream::SHARED], key);
@@ -234,17 +235,20 @@ impl Synthesizer {
     /// Adds every waveform overlapping rows `[start, start + n)`.
     fn spikes(&self, start: u64, mut out: ArrayViewMut2<'_, f32>) {
         let n = out.nrows() as u64;
+        let end = start.saturating_add(n);
         let len = self.wave.len() as u64;
         let from = start.saturating_sub(len - 1);
         let i0 = self.onsets.partition_point(|&(s, _)| s < from);
         for &(onset, c) in &self.onsets[i0..] {
-            if onset >= start + n {
+            if onset >= end {
                 break;
             }
             let a = self.amplitude[c as usize];
             for k in 0..len {
-                let s = onset + k;
-                if s >= start && s < start + n {
+                let Some(s) = onset.checked_add(k) else {
+                    break;
+                };
+                if s >= start && s < end {
                     out[[(s - start) as usize, c as usize]] += a * self.wave[k as usize];
                 }
             }
