@@ -138,6 +138,18 @@ impl GpuSynth {
     /// Synthesises rows `[start, start + n)` into a new `(n, channels)` device array;
     /// `onsets` are the `(sample, channel)` onsets overlapping them, sorted by sample.
     pub(crate) fn fill(&self, start: u64, n: usize, onsets: &[(u64, u32)]) -> Result<DeviceArray> {
+        self.fill_pieces(start, n, onsets, None)
+    }
+
+    /// [`GpuSynth::fill`] with at most `rows_cap` rows per piece (rounded to the offset
+    /// alignment), so that tests reach the split path with small chunks.
+    fn fill_pieces(
+        &self,
+        start: u64,
+        n: usize,
+        onsets: &[(u64, u32)],
+        rows_cap: Option<u64>,
+    ) -> Result<DeviceArray> {
         let ctx = &self.ctx;
         let nc = self.consts.channels;
         if n == 0 {
@@ -192,7 +204,11 @@ impl GpuSynth {
         let a_u = (limits.min_uniform_buffer_offset_alignment as u64).max(64);
         let row_bytes = nc as u64 * 4;
         let row_step = a_s / gcd(a_s, row_bytes).max(1);
-        let rows_per = ctx.max_binding() / row_bytes / row_step * row_step;
+        let by_binding = ctx.max_binding() / row_bytes / row_step * row_step;
+        let rows_per = match rows_cap {
+            Some(cap) => by_binding.min((cap / row_step * row_step).max(row_step)),
+            None => by_binding,
+        };
         if rows_per == 0 {
             return Err(Error::shape(
                 "synthesis chunk",
@@ -289,5 +305,41 @@ impl GpuSynth {
             vec![n, nc],
             DType::F32,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::GpuOptions;
+
+    /// A chunk split into many pieces (one dispatch each) equals the same chunk in one piece.
+    #[test]
+    fn pieces_give_the_same_chunk() {
+        let ctx = match GpuContext::new(&GpuOptions::software_ok()) {
+            Ok(c) => Arc::new(c),
+            Err(e) => panic!("no GPU adapter: {e}"),
+        };
+        let nc = 64;
+        let consts = SynthConsts {
+            channels: nc,
+            cluster: 24,
+            key: [7, 0],
+            noise_uv: 6.0,
+            shared_uv: 25.0,
+            fs: 30_000.0,
+        };
+        let amplitude = vec![90.0f32; nc];
+        let gains = vec![10.0f32; nc * 4];
+        let wave: Vec<f32> = (0..30).map(|k| -(k as f32) / 30.0).collect();
+        let g = GpuSynth::new(&ctx, consts, &amplitude, &gains, &wave).expect("synth");
+        let start = (1u64 << 32) - 50;
+        let onsets: Vec<(u64, u32)> = (0..20)
+            .map(|i| (start - 20 + i * 9, (i * 5) as u32 % 64))
+            .collect();
+        let read = |a: DeviceArray| a.to_host::<f32>().expect("read back");
+        let whole = read(g.fill_pieces(start, 203, &onsets, None).expect("whole"));
+        let split = read(g.fill_pieces(start, 203, &onsets, Some(7)).expect("split"));
+        assert_eq!(whole, split);
     }
 }
