@@ -15,13 +15,16 @@
 //! On the GPU engine a chunk is uploaded once; the filter, the reference, threshold crossing
 //! and binning run on the device one after the other, each reading the previous stage's
 //! device output; the events and the bins are read back at the end (two small read-backs).
+//! [`Chain::process_device`] starts from a chunk already on the device (the simulation's
+//! synthesised recording, or any operator's output) and skips the upload.
 //! On the CPU engine the same operators run in plain Rust. Either way the output equals the
 //! composition of the operators called one by one (tested), for any chunking.
 //!
 //! # Errors
 //! [`Chain::process`] validates the chunk (shape, finiteness) on the host before any stage
 //! sees it, so a chunk one stage would reject is rejected whole and every stage keeps its
-//! state. Device loss or out-of-memory in the middle of a chunk leaves the stages that ran
+//! state. [`Chain::process_device`] checks shape and element type on the host and leaves
+//! non-finite values to the first stage that reads them on the device (see its docs). Device loss or out-of-memory in the middle of a chunk leaves the stages that ran
 //! advanced: the chain must then be rebuilt.
 
 use std::time::{Duration, Instant};
