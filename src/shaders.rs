@@ -70,9 +70,19 @@ pub const REFERENCE: Shader = Shader {
     source: include_str!("../shaders/reference.wgsl"),
 };
 
+/// Synthesis of the simulated recording (SPEC §7, "Closed-loop simulation"); Philox is
+/// prepended.
+pub const SYNTH: Shader = Shader {
+    name: "synth",
+    source: concat!(
+        include_str!("../shaders/philox.wgsl"),
+        include_str!("../shaders/synth.wgsl")
+    ),
+};
+
 /// Every shader of the crate, for validation.
 pub const ALL: &[Shader] = &[
-    BINNING, THRESHOLD, PHILOX, ENCODERS, CLASSIFIER, LRR, GLM, FILTER, REFERENCE,
+    BINNING, THRESHOLD, PHILOX, ENCODERS, CLASSIFIER, LRR, GLM, FILTER, REFERENCE, SYNTH,
 ];
 
 #[cfg(test)]

@@ -423,3 +423,51 @@ fn simulation_rejects_bad_settings() {
         );
     }
 }
+
+/// `process_device` on uploaded chunks equals `process` on the host chunks, for every
+/// reference and without a filter; a NaN on the device is rejected whole, naming its sample
+/// and channel, and the stream goes on as if the chunk had not been sent.
+#[test]
+fn device_chunks_equal_host_chunks_and_bad_ones_are_rejected_whole() {
+    let (n, c) = (4_000, 6);
+    let x = recording(8, n, c);
+    let Engine::Gpu(ctx) = gpu() else {
+        unreachable!("gpu() is the GPU engine")
+    };
+    for (reference, filter) in [
+        (ReferenceMode::Lrr, true),
+        (ReferenceMode::Car, true),
+        (ReferenceMode::None, false),
+    ] {
+        let mut st = settings(reference, c);
+        if !filter {
+            st.filter = None;
+        }
+        let mut host = Chain::calibrate(&gpu(), st.clone(), FS, x.view(), 0).expect("calibrate");
+        let want = stream(&mut host, x.view(), &[700, 333]);
+        let mut dev = Chain::calibrate(&gpu(), st, FS, x.view(), 0).expect("calibrate");
+        let (mut events, mut bins) = (Vec::new(), Array2::<f32>::zeros((0, c)));
+        let (mut at, mut i) = (0, 0);
+        while at < n {
+            let len = [700, 333][i % 2].min(n - at);
+            i += 1;
+            let chunk = x.slice(s![at..at + len, ..]);
+            let mut bad = chunk.to_owned();
+            bad[[len / 2, 4]] = f32::INFINITY;
+            let up = neurokernels::DeviceArray::upload(&ctx, bad.view().into_dyn()).expect("up");
+            match dev.process_device(&up) {
+                Err(Error::NonFinite {
+                    sample, channel: 4, ..
+                }) if sample == len / 2 => {}
+                other => panic!("{reference:?}: inf chunk gave {other:?}"),
+            }
+            let up = neurokernels::DeviceArray::upload(&ctx, chunk.into_dyn()).expect("up");
+            let out = dev.process_device(&up).expect("good chunk");
+            events.extend(out.events);
+            bins = concatenate![Axis(0), bins, out.bins.values];
+            at += len;
+        }
+        assert_eq!(events, want.0, "{reference:?}");
+        assert_eq!(bins, want.1, "{reference:?}");
+    }
+}

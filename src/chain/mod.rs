@@ -15,13 +15,16 @@
 //! On the GPU engine a chunk is uploaded once; the filter, the reference, threshold crossing
 //! and binning run on the device one after the other, each reading the previous stage's
 //! device output; the events and the bins are read back at the end (two small read-backs).
+//! [`Chain::process_device`] starts from a chunk already on the device (the simulation's
+//! synthesised recording, or any operator's output) and skips the upload.
 //! On the CPU engine the same operators run in plain Rust. Either way the output equals the
 //! composition of the operators called one by one (tested), for any chunking.
 //!
 //! # Errors
 //! [`Chain::process`] validates the chunk (shape, finiteness) on the host before any stage
 //! sees it, so a chunk one stage would reject is rejected whole and every stage keeps its
-//! state. Device loss or out-of-memory in the middle of a chunk leaves the stages that ran
+//! state. [`Chain::process_device`] checks shape and element type on the host and leaves
+//! non-finite values to the first stage that reads them on the device (see its docs). Device loss or out-of-memory in the middle of a chunk leaves the stages that ran
 //! advanced: the chain must then be rebuilt.
 
 use std::time::{Duration, Instant};
@@ -33,7 +36,7 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::filter::{BandpassFilter, FilterSettings};
-use crate::gpu::{DeviceArray, GpuContext};
+use crate::gpu::{DType, DeviceArray, GpuContext};
 use crate::lrr::{Lrr, LrrSettings};
 use crate::reference::{CarSettings, CommonAverage};
 use crate::threshold::{ThresholdCrossing, ThresholdSettings};
@@ -474,6 +477,53 @@ impl Chain {
         Ok(out)
     }
 
+    /// Processes one `f32` `(samples, channels)` chunk (µV) already on the device (GPU engine
+    /// only): the stages of [`Chain::process`] on the GPU engine, without the upload and the
+    /// host scan. The chunk's shape and element type are checked on the host; its values
+    /// are not. A NaN or ±inf in the chunk is found on the device by the first stage that
+    /// reads it — the filter, or threshold crossing when there is no filter; the reference
+    /// in between keeps no state — which rejects the chunk with [`Error::NonFinite`] before
+    /// its own state changes, so every stage keeps its state, as with [`Chain::process`].
+    /// A finite chunk whose filtered values overflow to ±inf is rejected by threshold
+    /// crossing after the filter has advanced (the chain must then be rebuilt).
+    ///
+    /// # Errors
+    /// [`Error::DeviceArray`] on the CPU engine or for another element type;
+    /// [`Error::Shape`] for another rank or channel count; [`Error::NonFinite`] as above;
+    /// device errors (see the module docs).
+    pub fn process_device(&mut self, chunk: &DeviceArray) -> Result<ChainOutput> {
+        let t0 = Instant::now();
+        let Engine::Gpu(ctx) = self.engine.clone() else {
+            return Err(Error::DeviceArray(
+                "process_device needs the GPU engine".into(),
+            ));
+        };
+        let shape = chunk.shape();
+        if shape.len() != 2 {
+            return Err(Error::shape(
+                "chunk",
+                "(samples, channels)",
+                format!("{shape:?}"),
+            ));
+        }
+        if chunk.dtype() != DType::F32 {
+            return Err(Error::DeviceArray(format!(
+                "the chain takes f32 samples, got {:?}",
+                chunk.dtype()
+            )));
+        }
+        if shape[1] != self.n_channels {
+            return Err(Error::shape(
+                "chunk",
+                format!("{} channels", self.n_channels),
+                format!("{} channels", shape[1]),
+            ));
+        }
+        let out = self.stages_gpu(&ctx, chunk.clone(), t0)?;
+        self.times.chunks += 1;
+        Ok(out)
+    }
+
     fn process_cpu(
         &mut self,
         chunk: ArrayView2<'_, f32>,
@@ -511,6 +561,18 @@ impl Chain {
         let sync = |ctx: &GpuContext| if profile { ctx.wait_idle() } else { Ok(()) };
         let up = DeviceArray::upload(ctx, chunk.into_dyn())?;
         sync(ctx)?;
+        self.stages_gpu(ctx, up, t0)
+    }
+
+    /// The device stages on `up`, timing from `t0` (the upload's start).
+    fn stages_gpu(
+        &mut self,
+        ctx: &std::sync::Arc<GpuContext>,
+        up: DeviceArray,
+        t0: Instant,
+    ) -> Result<ChainOutput> {
+        let profile = self.settings.profile_stages;
+        let sync = |ctx: &GpuContext| if profile { ctx.wait_idle() } else { Ok(()) };
         let mut t = Instant::now();
         self.times.upload += t - t0;
         let mut lap = |slot: &mut Duration| {

@@ -19,12 +19,16 @@
 //! lies within 1 ms after a true spike's onset on its channel, matched one to one), and
 //! classification accuracy against chance `1/K`.
 //!
-//! Engines: the encoder, the GLM, the chain and the classifier run on the chosen engine; the
-//! waveform and noise synthesis runs on the host (multi-threaded) on either engine. The GPU
+//! Engines: the encoder, the GLM, the synthesis of the recording, the chain and the
+//! classifier run on the chosen engine. On the GPU engine each chunk is synthesised on the
+//! device ([`Synthesizer::fill_device`]) and fed to [`Chain::process_device`] with no host
+//! round trip; the calibration window is synthesised on the host (the CPU twin,
+//! [`Synthesizer::chunk`]) on either engine. The GPU
 //! and CPU engines draw the same encoder spikes (bit-identical Philox); the GLM's Poisson
 //! draws agree except where a rate lies within float error of a sampling threshold, after
 //! which the two trajectories differ — so scores, not spikes, are compared across engines.
 
+mod gpu;
 mod score;
 mod synth;
 mod truth;
@@ -208,7 +212,10 @@ pub struct SimTimes {
     pub encoder: f64,
     /// Recurrent GLM.
     pub glm: f64,
-    /// Waveform and noise synthesis.
+    /// Waveform and noise synthesis: the host synthesis of the calibration window, plus per
+    /// chunk the host synthesis (CPU engine) or the building and submission of the
+    /// synthesis kernel (GPU engine, whose device time then counts in the chain's first
+    /// stage, which waits for it).
     pub synthesis: f64,
     /// Calibration pass (filter, LRR fit, noise levels).
     pub calibration: f64,
@@ -260,7 +267,7 @@ pub fn run(engine: &Engine, settings: &SimSettings, chain: ChainSettings) -> Res
     settings.validate()?;
     let s = settings;
     let truth = truth::ground_truth(engine, s)?;
-    let synth = Synthesizer::new(s, truth.onsets.clone());
+    let synth = Synthesizer::new(engine, s, truth.onsets.clone())?;
     let total = synth.n_samples();
     let mut times = SimTimes {
         encoder: truth.encode_seconds,
@@ -290,13 +297,23 @@ pub fn run(engine: &Engine, settings: &SimSettings, chain: ChainSettings) -> Res
     while at < total {
         let n = chunk.min(total - at) as usize;
         let t = Instant::now();
-        let mut view = buf.slice_mut(s![..n, ..]);
-        view.fill(0.0);
-        synth.fill(at, view);
-        times.synthesis += t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        let out = chain.process(buf.slice(s![..n, ..]))?;
-        chunk_seconds.push(t.elapsed().as_secs_f64());
+        let out = if matches!(engine, Engine::Gpu(_)) {
+            let x = synth.fill_device(at, n)?;
+            times.synthesis += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let out = chain.process_device(&x)?;
+            chunk_seconds.push(t.elapsed().as_secs_f64());
+            out
+        } else {
+            let mut view = buf.slice_mut(s![..n, ..]);
+            view.fill(0.0);
+            synth.fill(at, view);
+            times.synthesis += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let out = chain.process(buf.slice(s![..n, ..]))?;
+            chunk_seconds.push(t.elapsed().as_secs_f64());
+            out
+        };
         events.extend(out.events);
         bins.extend(out.bins.values.iter().copied());
         at += n as u64;
