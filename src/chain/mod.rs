@@ -29,7 +29,7 @@
 
 use std::time::{Duration, Instant};
 
-use ndarray::{Array2, ArrayView2, Axis};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis};
 
 use crate::binning::{Binned, BinnedActivation, BinningSettings};
 use crate::engine::Engine;
@@ -251,6 +251,8 @@ pub struct Chain {
     bin: BinnedActivation,
     calibration: Calibration,
     times: StageTimes,
+    /// CPU engine: the filter's and the reference's outputs, reused across chunks.
+    scratch: [Vec<f32>; 2],
 }
 
 /// `median(|x|)/0.6745` of one channel (NaN-free input).
@@ -273,6 +275,17 @@ fn noise_of(column: impl Iterator<Item = f32>) -> f32 {
 
 /// The chunk's first non-finite value, as the error every stage would return.
 fn check_finite(x: ArrayView2<'_, f32>) -> Result<()> {
+    // Fast path for contiguous chunks: a branch-free scan of the exponent bits (vectorises).
+    if let Some(all) = x.as_slice() {
+        let clean = all.chunks(512).all(|c| {
+            c.iter().fold(0u32, |m, v| {
+                m | u32::from(v.to_bits() & 0x7f80_0000 == 0x7f80_0000)
+            }) == 0
+        });
+        if clean {
+            return Ok(());
+        }
+    }
     for (s, row) in x.axis_iter(Axis(0)).enumerate() {
         if let Some((c, &v)) = row.iter().enumerate().find(|(_, v)| !v.is_finite()) {
             return Err(Error::NonFinite {
@@ -403,6 +416,7 @@ impl Chain {
                 weights,
             },
             times: StageTimes::default(),
+            scratch: [Vec::new(), Vec::new()],
         })
     }
 
@@ -537,14 +551,41 @@ impl Chain {
             *slot += now - t;
             t = now;
         };
+        // Two scratch buffers reused from chunk to chunk: no allocation (and no first-touch
+        // page faults) per chunk for the filter and LRR outputs.
+        let c = self.n_channels;
+        let len = n * c;
+        for b in &mut self.scratch {
+            if b.len() < len {
+                b.resize(len, 0.0);
+            }
+        }
+        let [a, b] = &mut self.scratch;
+        let shape_err = |e: ndarray::ShapeError| Error::shape("chunk", "(samples, channels)", e);
         let filtered = match &mut self.filter {
-            Some(f) => f.process(chunk)?,
-            None => chunk.to_owned(),
+            Some(f) => {
+                let mut fa = ArrayViewMut2::from_shape((n, c), &mut a[..len]).map_err(shape_err)?;
+                f.process_into(chunk, fa.view_mut())?;
+                ArrayView2::from_shape((n, c), &a[..len]).map_err(shape_err)?
+            }
+            None => chunk.view(),
         };
         lap(&mut self.times.filter);
-        let referenced = self.reference.host(filtered)?;
+        let owned;
+        let referenced = match &mut self.reference {
+            Reference::Lrr(l) => {
+                let mut fb = ArrayViewMut2::from_shape((n, c), &mut b[..len]).map_err(shape_err)?;
+                l.transform_into(filtered, fb.view_mut())?;
+                ArrayView2::from_shape((n, c), &b[..len]).map_err(shape_err)?
+            }
+            Reference::Car(car) => {
+                owned = car.process(filtered)?;
+                owned.view()
+            }
+            Reference::None => filtered,
+        };
         lap(&mut self.times.reference);
-        let events = self.detect.process(referenced.view())?;
+        let events = self.detect.process(referenced)?;
         lap(&mut self.times.threshold);
         let bins = self.bin.process_events(&events, n, self.n_channels)?;
         lap(&mut self.times.binning);

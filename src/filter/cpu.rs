@@ -43,8 +43,54 @@ impl CpuState {
     }
 
     /// Filters `chunk` into `out` (same shape, checked by the caller; samples checked
-    /// finite by the caller).
+    /// finite by the caller). Dispatches at run time to a build of the same loop for
+    /// AVX-512F or AVX2 when the CPU has them: the same IEEE operations in the same order
+    /// (no FMA contraction), so the output is bit-identical whichever build runs.
     pub(crate) fn run(
+        &mut self,
+        sos: &[Coeffs],
+        chunk: ArrayView2<'_, f32>,
+        out: ArrayViewMut2<'_, f32>,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F (checked just above).
+                return unsafe { self.run_avx512(sos, chunk, out) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2 (checked just above).
+                return unsafe { self.run_avx2(sos, chunk, out) };
+            }
+        }
+        self.run_rows(sos, chunk, out)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn run_avx512(
+        &mut self,
+        sos: &[Coeffs],
+        chunk: ArrayView2<'_, f32>,
+        out: ArrayViewMut2<'_, f32>,
+    ) {
+        self.run_rows(sos, chunk, out)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn run_avx2(
+        &mut self,
+        sos: &[Coeffs],
+        chunk: ArrayView2<'_, f32>,
+        out: ArrayViewMut2<'_, f32>,
+    ) {
+        self.run_rows(sos, chunk, out)
+    }
+
+    /// The loop itself: rows in order, every section across all channels in lockstep.
+    #[inline(always)]
+    fn run_rows(
         &mut self,
         sos: &[Coeffs],
         chunk: ArrayView2<'_, f32>,
