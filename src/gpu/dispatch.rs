@@ -1,13 +1,14 @@
 //! Host code shared by the streaming kernels' GPU halves: binding ranges, row pieces, one
 //! uniform buffer of per-dispatch params, reusable output buffers, host-chunk upload, one
-//! compute pass submitted with a status word read back, and the error for a non-finite row.
+//! compute pass submitted with a status word read back, the error for a non-finite row, and
+//! the host and device chunk paths of same-shape kernels.
 
 use std::sync::Arc;
 
 use bytemuck::Pod;
-use ndarray::ArrayView2;
+use ndarray::{Array2, ArrayView2};
 
-use super::{write_padded, DeviceArray, GpuContext, GrowBuffer};
+use super::{write_padded, DType, DeviceArray, GpuContext, GrowBuffer};
 use crate::error::{Error, Result};
 
 fn gcd(mut a: u64, mut b: u64) -> u64 {
@@ -168,6 +169,65 @@ pub(crate) fn check_context(ctx: &Arc<GpuContext>, chunk: &DeviceArray) -> Resul
         Err(Error::DeviceArray(
             "the chunk lives on another GPU context".into(),
         ))
+    }
+}
+
+/// A GPU kernel that maps an `(n, nc)` f32 chunk to an f32 output of the same shape (the
+/// filter, the common-average reference). The required methods give its buffers and run it;
+/// the provided ones process host and device chunks with them.
+pub(crate) trait SameShapeKernel {
+    /// The context the kernel's buffers live on.
+    fn context(&self) -> &Arc<GpuContext>;
+
+    /// The upload buffer for host chunks.
+    fn input_buffer(&mut self) -> &mut GrowBuffer;
+
+    /// An output buffer of at least `bytes`.
+    fn output_buffer(&mut self, bytes: u64) -> Arc<wgpu::Buffer>;
+
+    /// Runs the kernel on the `n × nc` chunk in `input` (`n > 0`) into `output`; with
+    /// `read_output`, the output's bytes come back too.
+    fn run(
+        &mut self,
+        input: &wgpu::Buffer,
+        output: &wgpu::Buffer,
+        n: usize,
+        nc: usize,
+        read_output: bool,
+    ) -> Result<Option<Vec<u8>>>;
+
+    /// A host chunk (non-empty, checked finite): upload, run, read the output back.
+    fn process_host(&mut self, chunk: ArrayView2<'_, f32>) -> Result<Array2<f32>> {
+        let (n, nc) = chunk.dim();
+        let ctx = self.context().clone();
+        let input = upload_chunk(&ctx, self.input_buffer(), chunk)?;
+        let output = ctx.scoped(|| Ok(self.output_buffer((n * nc * 4) as u64)))?;
+        let out = self.run(&input, &output, n, nc, true)?.unwrap_or_default();
+        let vals: Vec<f32> = bytemuck::pod_collect_to_vec(&out);
+        Array2::from_shape_vec((n, nc), vals).map_err(|e| Error::DeviceArray(e.to_string()))
+    }
+
+    /// A rank-2 f32 device chunk: run, leave the output on the device.
+    fn process_device(&mut self, chunk: &DeviceArray) -> Result<DeviceArray> {
+        let ctx = self.context().clone();
+        check_context(&ctx, chunk)?;
+        let shape = chunk.shape().to_vec();
+        let (n, nc) = match shape[..] {
+            [n, nc] => (n, nc),
+            _ => {
+                return Err(Error::shape(
+                    "chunk",
+                    "(samples, channels)",
+                    format!("{shape:?}"),
+                ))
+            }
+        };
+        let output = ctx.scoped(|| Ok(self.output_buffer((n * nc * 4) as u64)))?;
+        if n > 0 {
+            let input = chunk.buffer.clone();
+            self.run(&input, &output, n, nc, false)?;
+        }
+        Ok(DeviceArray::from_buffer(&ctx, output, shape, DType::F32))
     }
 }
 

@@ -7,13 +7,11 @@
 use std::sync::Arc;
 
 use bytemuck::{Pod, Zeroable};
-use ndarray::{Array2, ArrayView2};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gpu::{
-    align_step, bind, check_context, grid, non_finite_row, reusable_output, row_pieces,
-    rows_per_piece, rows_too_wide, submit_pass, upload_chunk, Binding, DType, DeviceArray,
-    GpuContext, GrowBuffer, ParamsBuffer,
+    align_step, bind, grid, non_finite_row, reusable_output, row_pieces, rows_per_piece,
+    rows_too_wide, submit_pass, Binding, GpuContext, GrowBuffer, ParamsBuffer, SameShapeKernel,
 };
 use crate::shaders::REFERENCE;
 
@@ -88,9 +86,18 @@ impl GpuCar {
             status,
         })
     }
+}
 
-    /// The output buffer for `bytes`, reused when nobody else holds it.
-    fn output(&mut self, bytes: u64) -> Arc<wgpu::Buffer> {
+impl SameShapeKernel for GpuCar {
+    fn context(&self) -> &Arc<GpuContext> {
+        &self.ctx
+    }
+
+    fn input_buffer(&mut self) -> &mut GrowBuffer {
+        &mut self.input
+    }
+
+    fn output_buffer(&mut self, bytes: u64) -> Arc<wgpu::Buffer> {
         reusable_output(
             &self.ctx,
             &mut self.output,
@@ -176,31 +183,6 @@ impl GpuCar {
             }
             Ok(read_output.then_some(bytes))
         })
-    }
-
-    /// A host chunk (non-empty, checked finite): upload, run, read back.
-    pub(crate) fn process_host(&mut self, chunk: ArrayView2<'_, f32>) -> Result<Array2<f32>> {
-        let (n, nc) = chunk.dim();
-        let ctx = self.ctx.clone();
-        let input = upload_chunk(&ctx, &mut self.input, chunk)?;
-        let output = ctx.scoped(|| Ok(self.output((n * nc * 4) as u64)))?;
-        let out = self.run(&input, &output, n, nc, true)?.unwrap_or_default();
-        let vals: Vec<f32> = bytemuck::pod_collect_to_vec(&out);
-        Array2::from_shape_vec((n, nc), vals).map_err(|e| Error::DeviceArray(e.to_string()))
-    }
-
-    /// A device chunk: run, leave the output on the device.
-    pub(crate) fn process_device(&mut self, chunk: &DeviceArray) -> Result<DeviceArray> {
-        check_context(&self.ctx, chunk)?;
-        let shape = chunk.shape().to_vec();
-        let (n, nc) = (shape[0], shape[1]);
-        let ctx = self.ctx.clone();
-        let output = ctx.scoped(|| Ok(self.output((n * nc * 4) as u64)))?;
-        if n > 0 {
-            let input = chunk.buffer.clone();
-            self.run(&input, &output, n, nc, false)?;
-        }
-        Ok(DeviceArray::from_buffer(&ctx, output, shape, DType::F32))
     }
 }
 

@@ -33,7 +33,7 @@ use ndarray::{Array2, ArrayView2};
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::gpu::DeviceArray;
+use crate::gpu::{DeviceArray, SameShapeKernel};
 use crate::validate::{check_finite, f32_device_chunk, needs_gpu};
 
 /// Settings of [`CommonAverage`].
