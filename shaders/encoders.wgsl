@@ -98,6 +98,28 @@ fn div_magic(n: u32, m: u32, s: u32) -> u32 {
     return philox_mulhilo(n, m).x >> s;
 }
 
+// One output word of a byte kernel (an invocation per word of 4 bytes): `w` its index,
+// `first` its first byte, `nb` how many of its bytes the job holds (0: past the job's end),
+// and where its first byte lies: outer index `o`, offset `m` within that outer block.
+struct ByteWord {
+    w: u32,
+    first: u32,
+    nb: u32,
+    o: u32,
+    m: u32,
+}
+
+fn byte_word(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> ByteWord {
+    let w = word_id(wid, nwg, lid);
+    let first = w * 4u;
+    if (first >= J.n_bytes) {
+        return ByteWord(w, first, 0u, 0u, 0u);
+    }
+    let rel = J.m0 + first;
+    let oq = div_magic(rel, J.m_magic, J.m_shift);
+    return ByteWord(w, first, min(4u, J.n_bytes - first), J.o0 + oq, rel - oq * J.big_m);
+}
+
 // The input value at global element index `i`: non-finite values are reported (and read as
 // 0), subnormals read as 0.
 fn load_x(i: u32) -> f32 {
@@ -186,16 +208,14 @@ fn rate(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
-    let w = word_id(wid, nwg, lid);
-    let first = w * 4u;
-    if (first >= J.n_bytes) {
+    let bw = byte_word(wid, nwg, lid);
+    if (bw.nb == 0u) {
         return;
     }
-    let nb = min(4u, J.n_bytes - first);
-    let rel = J.m0 + first;
-    let oq = div_magic(rel, J.m_magic, J.m_shift);
-    var o = J.o0 + oq;
-    let m = rel - oq * J.big_m;
+    let w = bw.w;
+    let nb = bw.nb;
+    var o = bw.o;
+    let m = bw.m;
     var q = div_magic(m, J.f_magic, J.f_shift);
     var f = m - q * J.inner;
     let time_major = (J.flags & 1u) != 0u;
@@ -258,16 +278,14 @@ fn latency(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
-    let w = word_id(wid, nwg, lid);
-    let first = w * 4u;
-    if (first >= J.n_bytes) {
+    let bw = byte_word(wid, nwg, lid);
+    if (bw.nb == 0u) {
         return;
     }
-    let nb = min(4u, J.n_bytes - first);
-    let rel = J.m0 + first;
-    let oq = div_magic(rel, J.m_magic, J.m_shift);
-    var o = J.o0 + oq;
-    var e = rel - oq * J.big_m;
+    let w = bw.w;
+    let nb = bw.nb;
+    var o = bw.o;
+    var e = bw.m;
     let packed = (J.flags & 2u) != 0u;
     var word = 0u;
     for (var i = 0u; i < 4u; i = i + 1u) {
@@ -532,16 +550,14 @@ fn angle(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
-    let w = word_id(wid, nwg, lid);
-    let first = w * 4u;
-    if (first >= J.n_bytes) {
+    let bw = byte_word(wid, nwg, lid);
+    if (bw.nb == 0u) {
         return;
     }
-    let nb = min(4u, J.n_bytes - first);
-    let rel = J.m0 + first;
-    let oq = div_magic(rel, J.m_magic, J.m_shift);
-    var o = J.o0 + oq;
-    var k = rel - oq * J.big_m;
+    let w = bw.w;
+    let nb = bw.nb;
+    var o = bw.o;
+    var k = bw.m;
     var cached = 0xffffffffu;
     var idx = 0u;
     var word = 0u;
@@ -613,12 +629,13 @@ fn shift8(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
-    let w = word_id(wid, nwg, lid);
-    let first = w * 4u;
-    if (first >= J.n_bytes) {
+    let bw = byte_word(wid, nwg, lid);
+    if (bw.nb == 0u) {
         return;
     }
-    let nb = min(4u, J.n_bytes - first);
+    let w = bw.w;
+    let first = bw.first;
+    let nb = bw.nb;
     var word = 0u;
     for (var i = 0u; i < 4u; i = i + 1u) {
         if (i >= nb) {

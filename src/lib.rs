@@ -24,6 +24,7 @@ pub mod rng;
 pub mod shaders;
 pub mod simulate;
 pub mod threshold;
+mod validate;
 
 pub use binning::{Aggregation, Binned, BinnedActivation, BinningSettings, DeviceBinned, Kernel};
 pub use classifier::{ClassifierSettings, MaxRateClassifier, Prediction};

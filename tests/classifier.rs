@@ -54,6 +54,21 @@ impl Eng {
     }
 }
 
+/// Two `#[test]`s, `$cpu` and `$gpu`, running the engine-generic check `$check` on each engine.
+macro_rules! on_both_engines {
+    ($check:ident, $cpu:ident, $gpu:ident) => {
+        #[test]
+        fn $cpu() {
+            $check(Eng::Cpu);
+        }
+
+        #[test]
+        fn $gpu() {
+            $check(Eng::Gpu);
+        }
+    };
+}
+
 fn clf(eng: Eng, n: usize, k: usize, decay: f64) -> MaxRateClassifier {
     MaxRateClassifier::new(
         &eng.engine(),
@@ -388,15 +403,7 @@ fn parity_sequence(eng: Eng) {
     }
 }
 
-#[test]
-fn parity_sequence_cpu() {
-    parity_sequence(Eng::Cpu);
-}
-
-#[test]
-fn parity_sequence_gpu() {
-    parity_sequence(Eng::Gpu);
-}
+on_both_engines!(parity_sequence, parity_sequence_cpu, parity_sequence_gpu);
 
 /// The GPU and the CPU through the same sequence, step by step: rates within the sum of
 /// both bounds, assignments equal away from near ties, labels equal away from near ties.
@@ -587,15 +594,11 @@ fn reference_seq_decay_1d(eng: Eng) {
     }
 }
 
-#[test]
-fn reference_seq_decay_1d_cpu() {
-    reference_seq_decay_1d(Eng::Cpu);
-}
-
-#[test]
-fn reference_seq_decay_1d_gpu() {
-    reference_seq_decay_1d(Eng::Gpu);
-}
+on_both_engines!(
+    reference_seq_decay_1d,
+    reference_seq_decay_1d_cpu,
+    reference_seq_decay_1d_gpu
+);
 
 // =============================================================================================
 // spec_*: hand-checkable cases
@@ -633,15 +636,11 @@ fn spec_ties_first_index(eng: Eng) {
     assert_eq!(c.occurrences().unwrap(), vec![3, 0]);
 }
 
-#[test]
-fn spec_ties_first_index_cpu() {
-    spec_ties_first_index(Eng::Cpu);
-}
-
-#[test]
-fn spec_ties_first_index_gpu() {
-    spec_ties_first_index(Eng::Gpu);
-}
+on_both_engines!(
+    spec_ties_first_index,
+    spec_ties_first_index_cpu,
+    spec_ties_first_index_gpu
+);
 
 /// A class with no neurons has logit 0, never NaN (0/0) or inf (x/0); negative sums over an
 /// empty class too.
@@ -679,15 +678,11 @@ fn spec_empty_class_logits_zero(eng: Eng) {
     assert_eq!(c.regress(x.view()).unwrap().row(0).to_vec(), vec![2.0, 0.0]);
 }
 
-#[test]
-fn spec_empty_class_logits_zero_cpu() {
-    spec_empty_class_logits_zero(Eng::Cpu);
-}
-
-#[test]
-fn spec_empty_class_logits_zero_gpu() {
-    spec_empty_class_logits_zero(Eng::Gpu);
-}
+on_both_engines!(
+    spec_empty_class_logits_zero,
+    spec_empty_class_logits_zero_cpu,
+    spec_empty_class_logits_zero_gpu
+);
 
 /// Decay semantics by hand: `c_k` samples of class k decay its rates by `exp(−λ·c_k)`;
 /// absent classes keep theirs.
@@ -713,15 +708,11 @@ fn spec_decay_by_hand(eng: Eng) {
     assert_eq!(c.assignments().unwrap(), vec![0, 1]);
 }
 
-#[test]
-fn spec_decay_by_hand_cpu() {
-    spec_decay_by_hand(Eng::Cpu);
-}
-
-#[test]
-fn spec_decay_by_hand_gpu() {
-    spec_decay_by_hand(Eng::Gpu);
-}
+on_both_engines!(
+    spec_decay_by_hand,
+    spec_decay_by_hand_cpu,
+    spec_decay_by_hand_gpu
+);
 
 /// `numpy.packbits(spikes, axis=0)`: big-endian bits, zero-padded last plane.
 fn packbits(s: &Array3<u8>) -> Array3<u8> {
@@ -809,15 +800,11 @@ fn spec_forward_time_and_packed(eng: Eng) {
     }
 }
 
-#[test]
-fn spec_forward_time_and_packed_cpu() {
-    spec_forward_time_and_packed(Eng::Cpu);
-}
-
-#[test]
-fn spec_forward_time_and_packed_gpu() {
-    spec_forward_time_and_packed(Eng::Gpu);
-}
+on_both_engines!(
+    spec_forward_time_and_packed,
+    spec_forward_time_and_packed_cpu,
+    spec_forward_time_and_packed_gpu
+);
 
 /// An empty batch is valid: empty outputs, no change.
 fn spec_empty_batch(eng: Eng) {
@@ -835,15 +822,7 @@ fn spec_empty_batch(eng: Eng) {
     assert_eq!(c.rates().unwrap(), before);
 }
 
-#[test]
-fn spec_empty_batch_cpu() {
-    spec_empty_batch(Eng::Cpu);
-}
-
-#[test]
-fn spec_empty_batch_gpu() {
-    spec_empty_batch(Eng::Gpu);
-}
+on_both_engines!(spec_empty_batch, spec_empty_batch_cpu, spec_empty_batch_gpu);
 
 /// Long time axes: more planes than one GPU time-mean dispatch takes (16 384).
 #[test]
@@ -944,15 +923,7 @@ fn state_save_load(eng: Eng) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn state_save_load_cpu() {
-    state_save_load(Eng::Cpu);
-}
-
-#[test]
-fn state_save_load_gpu() {
-    state_save_load(Eng::Gpu);
-}
+on_both_engines!(state_save_load, state_save_load_cpu, state_save_load_gpu);
 
 // =============================================================================================
 // error_*: typed errors, state unchanged
@@ -1117,15 +1088,11 @@ fn error_state_unchanged(eng: Eng) {
     assert_eq!(c.occurrences().unwrap(), twin.occurrences().unwrap());
 }
 
-#[test]
-fn error_state_unchanged_cpu() {
-    error_state_unchanged(Eng::Cpu);
-}
-
-#[test]
-fn error_state_unchanged_gpu() {
-    error_state_unchanged(Eng::Gpu);
-}
+on_both_engines!(
+    error_state_unchanged,
+    error_state_unchanged_cpu,
+    error_state_unchanged_gpu
+);
 
 fn error_settings(eng: Eng) {
     let e = eng.engine();
@@ -1154,15 +1121,7 @@ fn error_settings(eng: Eng) {
     }
 }
 
-#[test]
-fn error_settings_cpu() {
-    error_settings(Eng::Cpu);
-}
-
-#[test]
-fn error_settings_gpu() {
-    error_settings(Eng::Gpu);
-}
+on_both_engines!(error_settings, error_settings_cpu, error_settings_gpu);
 
 // =============================================================================================
 // device_*: device inputs (GPU)

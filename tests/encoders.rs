@@ -44,6 +44,30 @@ const SPECIAL: [f32; 12] = [
     0.25,
 ];
 
+/// What the encoder `new` makes encodes `x` into with `host`, checked to be the same on every
+/// engine and, on the GPU engine, the same through `device` from a device-resident input.
+fn on_every_engine<E>(
+    x: &ArrayD<f32>,
+    new: impl Fn(&Engine) -> E,
+    host: impl Fn(&mut E, ArrayViewD<'_, f32>) -> Result<ArrayD<u8>, Error>,
+    device: impl Fn(&mut E, &DeviceArray) -> Result<DeviceArray, Error>,
+) -> ArrayD<u8> {
+    let mut out = None;
+    for (_, engine) in engines() {
+        let mut enc = new(&engine);
+        let got = host(&mut enc, x.view()).expect("encode");
+        if engine.is_gpu() {
+            let dev = device(&mut enc, &upload(x.view())).expect("device");
+            assert_eq!(dev.to_host::<u8>().expect("read back"), got);
+        }
+        match &out {
+            None => out = Some(got),
+            Some(o) => assert_eq!(&got, o, "engines disagree"),
+        }
+    }
+    out.expect("two engines ran")
+}
+
 /// `n` inputs in `[-0.2, 1.2]`, with the special values first.
 fn inputs(n: usize, seed: u64) -> Vec<f32> {
     let mut r = rng(seed);
@@ -479,20 +503,12 @@ fn gpu_windows_split_large_outputs_identically() {
 // Latency
 
 fn latency_both(x: &ArrayD<f32>, settings: LatencySettings) -> ArrayD<u8> {
-    let mut out = None;
-    for (_, engine) in engines() {
-        let mut enc = LatencyEncoder::new(&engine, settings).expect("settings");
-        let got = enc.encode(x.view()).expect("encode");
-        if engine.is_gpu() {
-            let dev = enc.encode_device(&upload(x.view())).expect("device");
-            assert_eq!(dev.to_host::<u8>().expect("read back"), got);
-        }
-        match &out {
-            None => out = Some(got),
-            Some(o) => assert_eq!(&got, o, "engines disagree"),
-        }
-    }
-    out.expect("two engines ran")
+    on_every_engine(
+        x,
+        |e| LatencyEncoder::new(e, settings).expect("settings"),
+        |enc, v| enc.encode(v),
+        LatencyEncoder::encode_device,
+    )
 }
 
 #[test]
@@ -734,20 +750,12 @@ fn packbits_reference_vectors() {
 // Angle
 
 fn angle_both(x: &ArrayD<f32>, settings: AngleSettings) -> ArrayD<u8> {
-    let mut out = None;
-    for (_, engine) in engines() {
-        let mut enc = AngleEncoder::new(&engine, settings).expect("settings");
-        let got = enc.encode(x.view()).expect("encode");
-        if engine.is_gpu() {
-            let dev = enc.encode_device(&upload(x.view())).expect("device");
-            assert_eq!(dev.to_host::<u8>().expect("read back"), got);
-        }
-        match &out {
-            None => out = Some(got),
-            Some(o) => assert_eq!(&got, o, "engines disagree"),
-        }
-    }
-    out.expect("two engines ran")
+    on_every_engine(
+        x,
+        |e| AngleEncoder::new(e, settings).expect("settings"),
+        |enc, v| enc.encode(v),
+        AngleEncoder::encode_device,
+    )
 }
 
 fn angle_truth(x: &ArrayD<f32>, s: AngleSettings) -> ArrayD<u8> {

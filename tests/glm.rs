@@ -851,121 +851,59 @@ fn error_every_seed_validation_and_non_finite_inputs() {
             );
             err
         };
-        // Inconsistent neuron counts, in each input.
-        let ff5 = ArrayD::zeros(vec![10, 5, 2]);
-        expect(
-            sim(
-                &e,
-                cc.clone(),
-                ffc.clone(),
-                icp.clone(),
-                ff5,
-                basis.clone(),
-                init.clone(),
+        // The inputs in `sim`'s order, one of them replaced.
+        const CC: usize = 0;
+        const FFC: usize = 1;
+        const ICP: usize = 2;
+        const FF: usize = 3;
+        const BASIS: usize = 4;
+        const INIT: usize = 5;
+        let inputs = [&cc, &ffc, &icp, &ff, &basis, &init];
+        let with = |slot: usize, a: ArrayD<f64>| {
+            let mut v = inputs.map(|x| x.clone());
+            v[slot] = a;
+            let [cc, ffc, icp, ff, basis, init] = v;
+            sim(&e, cc, ffc, icp, ff, basis, init)
+        };
+        // Input `slot` with the entry at `at` set to `v`.
+        let set = |slot: usize, at: &[usize], v: f64| {
+            let mut a = inputs[slot].clone();
+            a[at] = v;
+            a
+        };
+        for (slot, shape, what, needle) in [
+            // Inconsistent neuron counts, in each input.
+            (
+                FF,
+                vec![10, 5, 2],
+                "ff neurons",
+                "number of neurons provided in the inputs is inconsistent",
             ),
-            "ff neurons",
-            "number of neurons provided in the inputs is inconsistent",
-        );
-        let ffc5 = ArrayD::zeros(vec![5, 2]);
-        expect(
-            sim(
-                &e,
-                cc.clone(),
-                ffc5,
-                icp.clone(),
-                ff.clone(),
-                basis.clone(),
-                init.clone(),
+            (FFC, vec![5, 2], "ff coef neurons", "inconsistent"),
+            (INIT, vec![6, 5], "init neurons", "inconsistent"),
+            (CC, vec![4, 5, 3], "coupling senders", "inconsistent"),
+            (ICP, vec![5], "intercepts", "inconsistent"),
+            // feedforward_input must be three-dimensional.
+            (FF, vec![10, 4], "ff rank", "three dimensions"),
+            // Inconsistent number of features.
+            (
+                FF,
+                vec![10, 4, 3],
+                "features",
+                "inconsistent number of features",
             ),
-            "ff coef neurons",
-            "inconsistent",
-        );
-        let init5 = ArrayD::zeros(vec![6, 5]);
-        expect(
-            sim(
-                &e,
-                cc.clone(),
-                ffc.clone(),
-                icp.clone(),
-                ff.clone(),
-                basis.clone(),
-                init5,
-            ),
-            "init neurons",
-            "inconsistent",
-        );
-        let cc5 = ArrayD::zeros(vec![4, 5, 3]);
-        expect(
-            sim(
-                &e,
-                cc5,
-                ffc.clone(),
-                icp.clone(),
-                ff.clone(),
-                basis.clone(),
-                init.clone(),
-            ),
-            "coupling senders",
-            "inconsistent",
-        );
-        let icp5 = ArrayD::zeros(vec![5]);
-        expect(
-            sim(
-                &e,
-                cc.clone(),
-                ffc.clone(),
-                icp5,
-                ff.clone(),
-                basis.clone(),
-                init.clone(),
-            ),
-            "intercepts",
-            "inconsistent",
-        );
-        // feedforward_input must be three-dimensional.
-        let ff2 = ArrayD::zeros(vec![10, 4]);
-        expect(
-            sim(
-                &e,
-                cc.clone(),
-                ffc.clone(),
-                icp.clone(),
-                ff2,
-                basis.clone(),
-                init.clone(),
-            ),
-            "ff rank",
-            "three dimensions",
-        );
-        // Inconsistent number of features.
-        let ff3 = ArrayD::zeros(vec![10, 4, 3]);
-        expect(
-            sim(
-                &e,
-                cc.clone(),
-                ffc.clone(),
-                icp.clone(),
-                ff3,
-                basis.clone(),
-                init.clone(),
-            ),
-            "features",
-            "inconsistent number of features",
-        );
+            // init_y must be two-dimensional.
+            (INIT, vec![6], "init rank", "inconsistent"),
+            (INIT, vec![6, 1, 1, 4], "init rank 4", "two dimensions"),
+            // Basis functions of the basis vs the coefficients.
+            (BASIS, vec![6, 4], "basis count", "basis functions"),
+        ] {
+            expect(with(slot, ArrayD::zeros(shape)), what, needle);
+        }
         // Invalid entries in the input (the seed's error_invalid_entry), NaN and inf.
         for bad in [f64::NAN, f64::INFINITY] {
-            let mut f = ff.clone();
-            f[[7, 2, 1]] = bad;
             let err = expect(
-                sim(
-                    &e,
-                    cc.clone(),
-                    ffc.clone(),
-                    icp.clone(),
-                    f,
-                    basis.clone(),
-                    init.clone(),
-                ),
+                with(FF, set(FF, &[7, 2, 1], bad)),
                 "non-finite input",
                 "non-finite",
             );
@@ -982,141 +920,31 @@ fn error_every_seed_validation_and_non_finite_inputs() {
                 "{err:?}"
             );
         }
-        // init_y must be two-dimensional.
-        let init1 = ArrayD::zeros(vec![6]);
-        expect(
-            sim(
-                &e,
-                cc.clone(),
-                ffc.clone(),
-                icp.clone(),
-                ff.clone(),
-                basis.clone(),
-                init1,
-            ),
-            "init rank",
-            "inconsistent",
-        );
-        let init4 = ArrayD::zeros(vec![6, 1, 1, 4]);
-        expect(
-            sim(
-                &e,
-                cc.clone(),
-                ffc.clone(),
-                icp.clone(),
-                ff.clone(),
-                basis.clone(),
-                init4,
-            ),
-            "init rank 4",
-            "two dimensions",
-        );
-        // Basis functions of the basis vs the coefficients.
-        let basis4 = ArrayD::zeros(vec![6, 4]);
-        expect(
-            sim(
-                &e,
-                cc.clone(),
-                ffc.clone(),
-                icp.clone(),
-                ff.clone(),
-                basis4,
-                init.clone(),
-            ),
-            "basis count",
-            "basis functions",
-        );
         // Window of init_y vs the basis.
-        let init7 = ArrayD::zeros(vec![7, 4]);
         let err = expect(
-            sim(
-                &e,
-                cc.clone(),
-                ffc.clone(),
-                icp.clone(),
-                ff.clone(),
-                basis.clone(),
-                init7,
-            ),
+            with(INIT, ArrayD::zeros(vec![7, 4])),
             "window",
             "same window size",
         );
         assert!(err.to_string().contains("window size: 7"), "{err}");
         // Non-finite parameters and initial window.
-        let mut c2 = cc.clone();
-        c2[[1, 2, 0]] = f64::NAN;
-        expect(
-            sim(
-                &e,
-                c2,
-                ffc.clone(),
-                icp.clone(),
-                ff.clone(),
-                basis.clone(),
-                init.clone(),
+        for (slot, at, v, what, needle) in [
+            (CC, &[1, 2, 0][..], f64::NAN, "coef nan", "coupling_coef"),
+            (
+                BASIS,
+                &[0, 0],
+                f64::NEG_INFINITY,
+                "basis inf",
+                "coupling_basis_matrix",
             ),
-            "coef nan",
-            "coupling_coef",
-        );
-        let mut b2 = basis.clone();
-        b2[[0, 0]] = f64::NEG_INFINITY;
-        expect(
-            sim(
-                &e,
-                cc.clone(),
-                ffc.clone(),
-                icp.clone(),
-                ff.clone(),
-                b2,
-                init.clone(),
-            ),
-            "basis inf",
-            "coupling_basis_matrix",
-        );
-        let mut i2 = init.clone();
-        i2[[3, 3]] = f64::NAN;
-        expect(
-            sim(
-                &e,
-                cc.clone(),
-                ffc.clone(),
-                icp.clone(),
-                ff.clone(),
-                basis.clone(),
-                i2,
-            ),
-            "init nan",
-            "init_y",
-        );
-        let mut p2 = icp.clone();
-        p2[[0]] = f64::INFINITY;
-        expect(
-            sim(
-                &e,
-                cc.clone(),
-                ffc.clone(),
-                p2,
-                ff.clone(),
-                basis.clone(),
-                init.clone(),
-            ),
-            "intercept inf",
-            "intercepts",
-        );
+            (INIT, &[3, 3], f64::NAN, "init nan", "init_y"),
+            (ICP, &[0], f64::INFINITY, "intercept inf", "intercepts"),
+        ] {
+            expect(with(slot, set(slot, at, v)), what, needle);
+        }
         // Wrong rank of a parameter.
-        expect(
-            sim(
-                &e,
-                cc.clone().into_shape_with_order(vec![4, 12]).expect("r"),
-                ffc.clone(),
-                icp.clone(),
-                ff.clone(),
-                basis.clone(),
-                init.clone(),
-            ),
-            "coef rank",
-            "coupling_coef",
-        );
+        let cc2 = cc.clone().into_shape_with_order(vec![4, 12]).expect("r");
+        expect(with(CC, cc2), "coef rank", "coupling_coef");
         // No seeds.
         let err = simulate_recurrent_batch(
             &e,

@@ -1268,6 +1268,12 @@ fn error_invalid_settings() {
     }
 }
 
+/// Uploads `x` and processes it on the device; the events stay there (none come back).
+fn process_on_device(op: &mut ThresholdCrossing, x: &Array2<f32>) -> Result<Vec<Event>, Error> {
+    let a = DeviceArray::upload(&ctx(), x.view().into_dyn()).expect("upload");
+    op.process_device(&a).map(|_| Vec::new())
+}
+
 /// Runs `good_before`, then `bad` (must fail with an error `check` accepts), then
 /// `good_after`; and the same without `bad`. Both runs' per-chunk outputs and positions must
 /// be identical.
@@ -1351,15 +1357,11 @@ fn error_non_finite_values() {
             );
             if e.is_gpu() {
                 // Found on the device (no host scan).
-                let bad_dev = bad.clone();
                 recovers(
                     &format!("{name} {v} device"),
                     &make,
                     &chunks[..1],
-                    &|op| {
-                        let a = DeviceArray::upload(&ctx(), bad_dev.view().into_dyn()).unwrap();
-                        op.process_device(&a).map(|_| Vec::new())
-                    },
+                    &|op| process_on_device(op, &bad),
                     &is_it,
                     &chunks[1..],
                 );
@@ -1427,15 +1429,11 @@ fn error_channel_count_changes() {
             &chunks[1..],
         );
         if e.is_gpu() {
-            let w = wrong.clone();
             recovers(
                 &format!("{name} device 5 of 6"),
                 &make,
                 &chunks[..1],
-                &|op| {
-                    let a = DeviceArray::upload(&ctx(), w.view().into_dyn()).unwrap();
-                    op.process_device(&a).map(|_| Vec::new())
-                },
+                &|op| process_on_device(op, &wrong),
                 &is_shape,
                 &chunks[1..],
             );

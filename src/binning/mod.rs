@@ -58,6 +58,7 @@ use crate::error::{Error, Result};
 use crate::events::{DeviceEvents, Event};
 use crate::exact::BinEdges;
 use crate::gpu::DeviceArray;
+use crate::validate::{device_chunk_dims, needs_gpu};
 
 pub(crate) use jump::JumpTable;
 
@@ -520,21 +521,11 @@ impl BinnedActivation {
     /// The chunk is not scanned for non-finite values here (that would cost a read-back);
     /// a chain validates its input once on the host before upload (SPEC §0).
     pub fn process_device(&mut self, chunk: &DeviceArray) -> Result<DeviceBinned> {
-        let shape = chunk.shape().to_vec();
-        if shape.len() != 2 {
-            return Err(Error::shape(
-                "chunk",
-                "(samples, channels)",
-                format!("{shape:?}"),
-            ));
-        }
-        let (n, c) = (shape[0], shape[1]);
+        let (n, c) = device_chunk_dims(chunk)?;
         self.check_channels(c)?;
         let plan = self.plan(n as u64)?;
         let EngineState::Gpu(g) = &mut self.engine else {
-            return Err(Error::DeviceArray(
-                "process_device needs the GPU engine".into(),
-            ));
+            return Err(needs_gpu("process_device"));
         };
         let values = g.dense_device(&plan, chunk)?;
         self.commit(n as u64, &plan, c);
@@ -665,9 +656,7 @@ impl BinnedActivation {
         let n = events.n_samples as u64;
         let plan = self.plan(n)?;
         let EngineState::Gpu(g) = &mut self.engine else {
-            return Err(Error::DeviceArray(
-                "process_device_events needs the GPU engine".into(),
-            ));
+            return Err(needs_gpu("process_device_events"));
         };
         let values = g.sparse_device(&plan, events)?;
         self.commit(n, &plan, events.n_channels);

@@ -385,6 +385,29 @@ impl EngineState {
             Engine::Gpu(ctx) => EngineState::Gpu(Box::new(gpu::GpuEncoder::new(ctx)?)),
         })
     }
+
+    /// Whether this is the GPU engine.
+    fn is_gpu(&self) -> bool {
+        matches!(self, EngineState::Gpu(_))
+    }
+
+    /// Caps the byte size the GPU engine puts in one binding (`None`: the adapter's limit);
+    /// nothing on the CPU engine.
+    fn set_binding_limit(&mut self, bytes: Option<u64>) {
+        if let EngineState::Gpu(g) = self {
+            g.binding_limit = bytes;
+        }
+    }
+}
+
+/// Time-axis length of an output of `steps` steps: `steps`, or `⌈steps/8⌉` packed.
+fn time_len(steps: u32, packed: bool) -> usize {
+    let t = steps as usize;
+    if packed {
+        t.div_ceil(8)
+    } else {
+        t
+    }
 }
 
 /// How a host call on the GPU engine is cut into pieces: the output is `(P, U, Q)` bytes with
@@ -541,26 +564,19 @@ impl RateEncoder {
 
     /// Whether the encoder runs on the GPU engine.
     pub fn is_gpu(&self) -> bool {
-        matches!(self.engine, EngineState::Gpu(_))
+        self.engine.is_gpu()
     }
 
     /// Caps the byte size the GPU engine puts in one binding, to exercise the splitting of
     /// large calls on small inputs (tests only; `None` restores the adapter's limit).
     #[doc(hidden)]
     pub fn debug_set_binding_limit(&mut self, bytes: Option<u64>) {
-        if let EngineState::Gpu(g) = &mut self.engine {
-            g.binding_limit = bytes;
-        }
+        self.engine.set_binding_limit(bytes);
     }
 
     /// Time-axis length of the output: `T`, or `⌈T/8⌉` packed.
     fn t_out(&self) -> usize {
-        let t = self.params.steps as usize;
-        if self.params.packed {
-            t.div_ceil(8)
-        } else {
-            t
-        }
+        time_len(self.params.steps, self.params.packed)
     }
 
     /// The output shape for an input of shape `input`.
@@ -794,24 +810,18 @@ impl LatencyEncoder {
 
     /// Whether the encoder runs on the GPU engine.
     pub fn is_gpu(&self) -> bool {
-        matches!(self.engine, EngineState::Gpu(_))
+        self.engine.is_gpu()
     }
 
     /// Caps the byte size the GPU engine puts in one binding (tests only).
     #[doc(hidden)]
     pub fn debug_set_binding_limit(&mut self, bytes: Option<u64>) {
-        if let EngineState::Gpu(g) = &mut self.engine {
-            g.binding_limit = bytes;
-        }
+        self.engine.set_binding_limit(bytes);
     }
 
+    /// Time-axis length of the output: `T`, or `⌈T/8⌉` packed.
     fn t_out(&self) -> usize {
-        let t = self.params.steps as usize;
-        if self.params.packed {
-            t.div_ceil(8)
-        } else {
-            t
-        }
+        time_len(self.params.steps, self.params.packed)
     }
 
     /// The output shape for an input of shape `input`: `(T, …)` (or `(⌈T/8⌉, …)`).
@@ -986,15 +996,13 @@ impl AngleEncoder {
 
     /// Whether the encoder runs on the GPU engine.
     pub fn is_gpu(&self) -> bool {
-        matches!(self.engine, EngineState::Gpu(_))
+        self.engine.is_gpu()
     }
 
     /// Caps the byte size the GPU engine puts in one binding (tests only).
     #[doc(hidden)]
     pub fn debug_set_binding_limit(&mut self, bytes: Option<u64>) {
-        if let EngineState::Gpu(g) = &mut self.engine {
-            g.binding_limit = bytes;
-        }
+        self.engine.set_binding_limit(bytes);
     }
 
     /// The output shape for an input of shape `input`: `(…, n)`.
@@ -1180,7 +1188,7 @@ impl ShiftAugment {
 
     /// Whether the augmentation runs on the GPU engine.
     pub fn is_gpu(&self) -> bool {
-        matches!(self.engine, EngineState::Gpu(_))
+        self.engine.is_gpu()
     }
 
     /// One draw in `[−m, m)` for axis slot `a` at position `s`.

@@ -11,11 +11,14 @@
 use std::sync::Arc;
 
 use bytemuck::{Pod, Zeroable};
-use ndarray::{Array2, ArrayView2};
 
 use super::cpu::Coeffs;
 use crate::error::{Error, Result};
-use crate::gpu::{grid, write_padded, Binding, DType, DeviceArray, GpuContext, GrowBuffer};
+use crate::gpu::{
+    align_step, bind, grid, non_finite_row, reusable_output, row_pieces, rows_per_piece,
+    rows_too_wide, submit_pass, write_padded, Binding, GpuContext, GrowBuffer, ParamsBuffer,
+    SameShapeKernel,
+};
 use crate::shaders::FILTER;
 
 /// Invocations per workgroup (one per channel).
@@ -67,8 +70,8 @@ pub(crate) struct GpuFilter {
     input: GrowBuffer,
     /// Output buffer, reused while no [`DeviceArray`] still holds it.
     output: Option<Arc<wgpu::Buffer>>,
-    /// Uniform buffer of the dispatches' params, and its size.
-    params: Option<(wgpu::Buffer, u64)>,
+    /// Uniform buffer of the dispatches' params.
+    params: ParamsBuffer,
     /// One status word.
     status: wgpu::Buffer,
     /// Test knob: cap on the rows of one dispatch.
@@ -84,22 +87,6 @@ impl std::fmt::Debug for GpuFilter {
             .field("init_for", &self.init_for)
             .finish()
     }
-}
-
-fn gcd(mut a: u64, mut b: u64) -> u64 {
-    while b != 0 {
-        (a, b) = (b, a % b);
-    }
-    a
-}
-
-/// A binding of `size` bytes of `buffer` from `offset`.
-fn bind(buffer: &wgpu::Buffer, offset: u64, size: u64) -> wgpu::BindingResource<'_> {
-    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-        buffer,
-        offset,
-        size: wgpu::BufferSize::new(size),
-    })
 }
 
 /// `c` as the shader's coefficient: an unevaluated pair of `f32` (`hi = round(c)`,
@@ -136,7 +123,7 @@ impl GpuFilter {
             init_for: None,
             input: GrowBuffer::new("neurokernels.filter.input"),
             output: None,
-            params: None,
+            params: ParamsBuffer::new("neurokernels.filter.params"),
             status,
             rows_limit: None,
         })
@@ -180,24 +167,24 @@ impl GpuFilter {
         self.init_for = Some(nc);
         Ok(())
     }
+}
 
-    /// The output buffer for `bytes`, reused when nobody else holds it.
-    fn output(&mut self, bytes: u64) -> Arc<wgpu::Buffer> {
-        let need = bytes.max(16).next_multiple_of(4);
-        let reuse = self
-            .output
-            .as_ref()
-            .is_some_and(|b| Arc::strong_count(b) == 1 && b.size() >= need);
-        if !reuse {
-            self.output = Some(Arc::new(
-                self.ctx
-                    .storage(need.next_power_of_two(), "neurokernels.filter.output"),
-            ));
-        }
-        match &self.output {
-            Some(b) => b.clone(),
-            None => Arc::new(self.ctx.storage(need, "neurokernels.filter.output")),
-        }
+impl SameShapeKernel for GpuFilter {
+    fn context(&self) -> &Arc<GpuContext> {
+        &self.ctx
+    }
+
+    fn input_buffer(&mut self) -> &mut GrowBuffer {
+        &mut self.input
+    }
+
+    fn output_buffer(&mut self, bytes: u64) -> Arc<wgpu::Buffer> {
+        reusable_output(
+            &self.ctx,
+            &mut self.output,
+            bytes,
+            "neurokernels.filter.output",
+        )
     }
 
     /// Filters the `n × nc` chunk in `input` into `output` from the committed state, then
@@ -214,58 +201,31 @@ impl GpuFilter {
             self.init(nc)?;
         }
         let ctx = self.ctx.clone();
-        let limits = ctx.limits();
-        let a_s = limits.min_storage_buffer_offset_alignment as u64;
-        let a_u = (limits.min_uniform_buffer_offset_alignment as u64).max(64);
+        let a_s = ctx.limits().min_storage_buffer_offset_alignment as u64;
         let max_b = ctx.max_binding();
         let row_bytes = nc as u64 * 4;
-        let row_step = a_s / gcd(a_s, row_bytes).max(1);
-        let by_binding = max_b / row_bytes / row_step * row_step;
+        let row_step = align_step(a_s, row_bytes);
         let by_loop = MAX_ROWS_PER_DISPATCH.min(self.rows_limit.map_or(u64::MAX, |r| r as u64));
-        let rows_per = by_binding.min((by_loop / row_step * row_step).max(row_step));
+        let rows_per = rows_per_piece(max_b, row_bytes, row_step, by_loop);
         if rows_per == 0 {
-            return Err(Error::shape(
-                "chunk",
-                format!("rows of at most {} channels on this adapter", max_b / 4),
-                format!("{nc} channels"),
-            ));
+            return Err(rows_too_wide(max_b, nc));
         }
         let n64 = n as u64;
-        let pieces: Vec<(u64, u64)> = (0..n64.div_ceil(rows_per))
-            .map(|k| (k * rows_per, rows_per.min(n64 - k * rows_per)))
-            .collect();
+        let pieces = row_pieces(n64, rows_per);
 
         ctx.scoped(|| {
-            let pbytes = pieces.len() as u64 * a_u;
-            if self.params.as_ref().is_none_or(|(_, s)| *s < pbytes) {
-                let size = pbytes.next_power_of_two().max(256);
-                let buf = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("neurokernels.filter.params"),
-                    size,
-                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                });
-                self.params = Some((buf, size));
-            }
-            let mut pdata = vec![0u8; pbytes as usize];
-            for (k, &(row0, rows)) in pieces.iter().enumerate() {
-                let d = DispatchParams {
+            let params: Vec<DispatchParams> = pieces
+                .iter()
+                .map(|&(row0, rows)| DispatchParams {
                     n_channels: nc as u32,
                     rows: rows as u32,
                     row0: row0 as u32,
                     n_sections: self.n_sections as u32,
                     one: 1.0,
                     pad: [0; 3],
-                };
-                let at = k * a_u as usize;
-                pdata[at..at + std::mem::size_of::<DispatchParams>()]
-                    .copy_from_slice(bytemuck::bytes_of(&d));
-            }
-            let (pbuf, _) = self
-                .params
-                .as_ref()
-                .ok_or_else(|| Error::Validation("no params buffer".into()))?;
-            write_padded(&ctx, pbuf, 0, &pdata);
+                })
+                .collect();
+            let params = self.params.write(&ctx, &params);
 
             let scratch = [(self.committed + 1) % 3, (self.committed + 2) % 3];
             let mut state_in = self.committed;
@@ -286,11 +246,7 @@ impl GpuFilter {
                 let bg = ctx.bind(
                     &self.pipeline,
                     &[
-                        bind(
-                            pbuf,
-                            k as u64 * a_u,
-                            std::mem::size_of::<DispatchParams>() as u64,
-                        ),
+                        params.binding(k),
                         self.coeffs.as_entire_binding(),
                         bind(input, off, in_size),
                         self.states[state_in].as_entire_binding(),
@@ -301,97 +257,32 @@ impl GpuFilter {
                 );
                 groups.push(bg);
             }
-            let mut enc = ctx.encoder();
-            enc.clear_buffer(&self.status, 0, None);
-            {
-                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("neurokernels.filter.sosfilt"),
-                    timestamp_writes: None,
-                });
+            let record = |pass: &mut wgpu::ComputePass<'_>| {
                 pass.set_pipeline(&self.pipeline);
                 let (x, y, z) = grid((nc as u32).div_ceil(WG_SIZE));
                 for bg in &groups {
                     pass.set_bind_group(0, bg, &[]);
                     pass.dispatch_workgroups(x, y, z);
                 }
-            }
-            let mut reads: Vec<(&wgpu::Buffer, u64, u64)> = vec![(&self.status, 0, 4)];
-            if read_output {
-                reads.push((output, 0, n64 * row_bytes));
-            }
-            let bytes = ctx.submit_and_read(enc, &reads)?;
-            let status: u32 = bytemuck::pod_read_unaligned(&bytes[..4]);
+            };
+            let reads: &[(&wgpu::Buffer, u64, u64)] = if read_output {
+                &[(output, 0, n64 * row_bytes)]
+            } else {
+                &[]
+            };
+            let (status, bytes) = submit_pass(
+                &ctx,
+                &self.status,
+                "neurokernels.filter.sosfilt",
+                record,
+                reads,
+            )?;
             if status != 0 {
-                return Err(self.non_finite(input, !status as usize, nc));
+                return Err(non_finite_row(&ctx, input, !status as usize, nc));
             }
             self.committed = state_out;
-            Ok(read_output.then(|| bytes[4..].to_vec()))
+            Ok(read_output.then_some(bytes))
         })
-    }
-
-    /// The error for the first non-finite sample of row `row` (found by the device).
-    fn non_finite(&self, input: &wgpu::Buffer, row: usize, nc: usize) -> Error {
-        let off = row as u64 * nc as u64 * 4;
-        let enc = self.ctx.encoder();
-        match self
-            .ctx
-            .submit_and_read(enc, &[(input, off, nc as u64 * 4)])
-        {
-            Ok(bytes) => {
-                let vals: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
-                let (channel, value) = vals
-                    .iter()
-                    .enumerate()
-                    .find(|(_, v)| !v.is_finite())
-                    .map(|(c, &v)| (c, v as f64))
-                    .unwrap_or((0, f64::NAN));
-                Error::NonFinite {
-                    what: "chunk",
-                    sample: row,
-                    channel,
-                    value,
-                }
-            }
-            Err(e) => e,
-        }
-    }
-
-    /// A host chunk (non-empty, checked finite): upload, run, read the output back.
-    pub(crate) fn process_host(&mut self, chunk: ArrayView2<'_, f32>) -> Result<Array2<f32>> {
-        let (n, nc) = chunk.dim();
-        let data = chunk.as_standard_layout();
-        let flat = data
-            .as_slice()
-            .ok_or_else(|| Error::DeviceArray("chunk not contiguous after copy".into()))?;
-        let bytes: &[u8] = bytemuck::cast_slice(flat);
-        let ctx = self.ctx.clone();
-        let input = ctx.scoped(|| {
-            let buf = self.input.ensure(&ctx, bytes.len() as u64);
-            write_padded(&ctx, &buf, 0, bytes);
-            Ok(buf)
-        })?;
-        let output = ctx.scoped(|| Ok(self.output(bytes.len() as u64)))?;
-        let out = self.run(&input, &output, n, nc, true)?.unwrap_or_default();
-        let vals: Vec<f32> = bytemuck::pod_collect_to_vec(&out);
-        Array2::from_shape_vec((n, nc), vals).map_err(|e| Error::DeviceArray(e.to_string()))
-    }
-
-    /// A device chunk: run, leave the output on the device.
-    pub(crate) fn process_device(&mut self, chunk: &DeviceArray) -> Result<DeviceArray> {
-        if !Arc::ptr_eq(chunk.context(), &self.ctx) {
-            return Err(Error::DeviceArray(
-                "the chunk lives on another GPU context".into(),
-            ));
-        }
-        let shape = chunk.shape().to_vec();
-        let (n, nc) = (shape[0], shape[1]);
-        let ctx = self.ctx.clone();
-        let output = ctx.scoped(|| Ok(self.output((n * nc * 4) as u64)))?;
-        if n > 0 {
-            let input = chunk.buffer.clone();
-            self.run(&input, &output, n, nc, false)?;
-        }
-        Ok(DeviceArray::from_buffer(&ctx, output, shape, DType::F32))
     }
 }
 

@@ -95,6 +95,7 @@ use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::gpu::DeviceArray;
+use crate::validate::needs_gpu;
 
 /// Largest magnitude accepted in `partial_fit`/`fit` (its square stays far inside `f32`).
 pub const MAX_ABS_VALUE: f32 = 1e15;
@@ -855,9 +856,7 @@ impl Lrr {
         }
         self.check_transform_channels(shape[1])?;
         if !matches!(self.engine, Engine::Gpu(_)) {
-            return Err(Error::DeviceArray(
-                "transform_device needs the GPU engine".into(),
-            ));
+            return Err(needs_gpu("transform_device"));
         }
         self.refresh(false)?;
         let (Some(layout), Some(EngineState::Gpu(g))) = (&self.layout, &mut self.state) else {

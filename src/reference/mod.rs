@@ -33,7 +33,8 @@ use ndarray::{Array2, ArrayView2};
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::gpu::{DType, DeviceArray};
+use crate::gpu::{DeviceArray, SameShapeKernel};
+use crate::validate::{check_finite, f32_device_chunk, needs_gpu};
 
 /// Settings of [`CommonAverage`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -63,30 +64,6 @@ enum EngineState {
 pub struct CommonAverage {
     settings: CarSettings,
     engine: EngineState,
-}
-
-/// The first non-finite value of `chunk`, in (sample, channel) order, as an error.
-fn check_finite(chunk: ArrayView2<'_, f32>) -> Result<()> {
-    for (s, row) in chunk.outer_iter().enumerate() {
-        let ok = match row.as_slice() {
-            Some(r) => r.iter().fold(true, |ok, v| ok & v.is_finite()),
-            None => row.iter().all(|v| v.is_finite()),
-        };
-        if !ok {
-            let (channel, value) = row
-                .iter()
-                .enumerate()
-                .find(|(_, v)| !v.is_finite())
-                .map_or((0, f64::NAN), |(c, &v)| (c, v as f64));
-            return Err(Error::NonFinite {
-                what: "chunk",
-                sample: s,
-                channel,
-                value,
-            });
-        }
-    }
-    Ok(())
 }
 
 impl CommonAverage {
@@ -156,25 +133,10 @@ impl CommonAverage {
     /// As [`CommonAverage::process`], plus [`Error::DeviceArray`] for the CPU engine or an
     /// array of another element type or context; [`Error::Shape`] for a rank other than 2.
     pub fn process_device(&mut self, chunk: &DeviceArray) -> Result<DeviceArray> {
-        let shape = chunk.shape().to_vec();
-        if shape.len() != 2 {
-            return Err(Error::shape(
-                "chunk",
-                "(samples, channels)",
-                format!("{shape:?}"),
-            ));
-        }
-        if chunk.dtype() != DType::F32 {
-            return Err(Error::DeviceArray(format!(
-                "the common-average reference takes f32 samples, got {:?}",
-                chunk.dtype()
-            )));
-        }
-        self.check_channels(shape[1])?;
+        let (_, c) = f32_device_chunk(chunk, "the common-average reference")?;
+        self.check_channels(c)?;
         let EngineState::Gpu(g) = &mut self.engine else {
-            return Err(Error::DeviceArray(
-                "process_device needs the GPU engine".into(),
-            ));
+            return Err(needs_gpu("process_device"));
         };
         g.process_device(chunk)
     }

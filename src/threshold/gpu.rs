@@ -16,7 +16,11 @@ use ndarray::ArrayView2;
 use super::{comparison_value, Params};
 use crate::error::{Error, Result};
 use crate::events::{DeviceEvents, Event};
-use crate::gpu::{grid, write_padded, Binding, DeviceArray, GpuContext, GrowBuffer};
+use crate::gpu::{
+    align_step, bind, check_context, grid, non_finite_row, reusable_output, rows_per_piece,
+    submit_pass, upload_chunk, write_padded, Binding, DeviceArray, GpuContext, GrowBuffer,
+    ParamsBuffer,
+};
 use crate::shaders::THRESHOLD;
 
 /// Invocations per workgroup (one per channel).
@@ -102,8 +106,8 @@ pub(crate) struct GpuThreshold {
     thresholds: Option<wgpu::Buffer>,
     /// Upload buffer for host chunks.
     input: GrowBuffer,
-    /// Uniform buffer of the dispatches' params, and its size.
-    params: Option<(wgpu::Buffer, u64)>,
+    /// Uniform buffer of the dispatches' params.
+    params: ParamsBuffer,
     /// One status word.
     status: wgpu::Buffer,
     /// Event slots and counts, reused while no [`DeviceEvents`] still holds them.
@@ -124,18 +128,6 @@ impl std::fmt::Debug for GpuThreshold {
             .field("cap_hint", &self.cap_hint)
             .finish()
     }
-}
-
-fn gcd(mut a: u64, mut b: u64) -> u64 {
-    while b != 0 {
-        (a, b) = (b, a % b);
-    }
-    a
-}
-
-/// The smallest step `k` such that `k · unit_bytes` is a multiple of `align`.
-fn align_step(align: u64, unit_bytes: u64) -> u64 {
-    align / gcd(align, unit_bytes).max(1)
 }
 
 /// Most events one channel can emit in a chunk of `n` samples: a crossing needs a sample not
@@ -161,7 +153,7 @@ impl GpuThreshold {
             init_for: None,
             thresholds: None,
             input: GrowBuffer::new("neurokernels.threshold.input"),
-            params: None,
+            params: ParamsBuffer::new("neurokernels.threshold.params"),
             status,
             slots: None,
             counts: None,
@@ -230,26 +222,6 @@ impl GpuThreshold {
         Ok(())
     }
 
-    /// An output buffer of at least `bytes`, reused when nobody else holds it.
-    fn output(
-        ctx: &GpuContext,
-        slot: &mut Option<Arc<wgpu::Buffer>>,
-        bytes: u64,
-        label: &str,
-    ) -> Arc<wgpu::Buffer> {
-        let need = bytes.max(16).next_multiple_of(4);
-        let reuse = slot
-            .as_ref()
-            .is_some_and(|b| Arc::strong_count(b) == 1 && b.size() >= need);
-        if !reuse {
-            *slot = Some(Arc::new(ctx.storage(need.next_power_of_two(), label)));
-        }
-        match slot {
-            Some(b) => b.clone(),
-            None => Arc::new(ctx.storage(need, label)),
-        }
-    }
-
     /// Runs the chunk in `input` (`n × nc` f32, already on the device) from the committed
     /// state until no channel overflows its slots, then commits. `read_slots` also reads the
     /// slots back.
@@ -290,30 +262,9 @@ impl GpuThreshold {
 
     /// The error for the first non-finite sample of row `row` (found by the device).
     fn non_finite(&self, input: &wgpu::Buffer, row: usize, nc: usize) -> Error {
-        let off = row as u64 * nc as u64 * 4;
-        let read = self.ctx.scoped(|| {
-            let enc = self.ctx.encoder();
-            self.ctx
-                .submit_and_read(enc, &[(input, off, nc as u64 * 4)])
-        });
-        match read {
-            Ok(bytes) => {
-                let vals: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
-                let (channel, value) = vals
-                    .iter()
-                    .enumerate()
-                    .find(|(_, v)| !v.is_finite())
-                    .map(|(c, &v)| (c, v as f64))
-                    .unwrap_or((0, f64::NAN));
-                Error::NonFinite {
-                    what: "chunk",
-                    sample: row,
-                    channel,
-                    value,
-                }
-            }
-            Err(e) => e,
-        }
+        self.ctx
+            .scoped(|| Ok(non_finite_row(&self.ctx, input, row, nc)))
+            .unwrap_or_else(|e| e)
     }
 
     /// One pass over the chunk with `cap` slots per channel. Returns the state index written
@@ -331,7 +282,6 @@ impl GpuThreshold {
         let ctx = self.ctx.clone();
         let limits = ctx.limits();
         let a_s = limits.min_storage_buffer_offset_alignment as u64;
-        let a_u = (limits.min_uniform_buffer_offset_alignment as u64).max(64);
         let max_b = self
             .binding_limit
             .unwrap_or(u64::MAX)
@@ -340,12 +290,11 @@ impl GpuThreshold {
         // Row pieces: each binds whole rows, at an offset the device accepts.
         let row_bytes = nc as u64 * 4;
         let row_step = align_step(a_s, row_bytes);
-        let rows_per = max_b / row_bytes / row_step * row_step;
         // ... and at most `MAX_ROWS_PER_DISPATCH` rows, so that no invocation runs more loop
         // iterations than llvmpipe allows (see the constant). `row_step` divides it: both are
         // powers of two and `row_step ≤ 64` (WebGPU caps the offset alignment at 256 bytes);
-        // the `max` only guards against an adapter breaking that cap.
-        let rows_per = rows_per.min((MAX_ROWS_PER_DISPATCH / row_step * row_step).max(row_step));
+        // the rounding up to one step only guards against an adapter breaking that cap.
+        let rows_per = rows_per_piece(max_b, row_bytes, row_step, MAX_ROWS_PER_DISPATCH);
         if rows_per == 0 {
             return Err(Error::shape(
                 "chunk",
@@ -423,36 +372,16 @@ impl GpuThreshold {
 
         ctx.scoped(|| {
             // Params, one per dispatch, at uniform-offset-aligned strides.
-            let pbytes = dispatches.len() as u64 * a_u;
-            if self.params.as_ref().is_none_or(|(_, s)| *s < pbytes) {
-                let size = pbytes.next_power_of_two().max(256);
-                let buf = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("neurokernels.threshold.params"),
-                    size,
-                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                });
-                self.params = Some((buf, size));
-            }
-            let mut pdata = vec![0u8; pbytes as usize];
-            for (k, d) in dispatches.iter().enumerate() {
-                let at = k * a_u as usize;
-                pdata[at..at + std::mem::size_of::<DispatchParams>()]
-                    .copy_from_slice(bytemuck::bytes_of(&d.0));
-            }
-            let (pbuf, _) = self
-                .params
-                .as_ref()
-                .ok_or_else(|| Error::Validation("no params buffer".into()))?;
-            write_padded(&ctx, pbuf, 0, &pdata);
+            let params: Vec<DispatchParams> = dispatches.iter().map(|d| d.0).collect();
+            let params = self.params.write(&ctx, &params);
 
-            let slots = Self::output(
+            let slots = reusable_output(
                 &ctx,
                 &mut self.slots,
                 slots_bytes,
                 "neurokernels.threshold.slots",
             );
-            let counts = Self::output(
+            let counts = reusable_output(
                 &ctx,
                 &mut self.counts,
                 nc as u64 * 4,
@@ -484,11 +413,7 @@ impl GpuThreshold {
                 let bg = ctx.bind(
                     &self.pipeline,
                     &[
-                        bind(
-                            pbuf,
-                            k as u64 * a_u,
-                            std::mem::size_of::<DispatchParams>() as u64,
-                        ),
+                        params.binding(k),
                         bind(input, r0 * row_bytes, in_size),
                         thresholds.as_entire_binding(),
                         self.states[state_in].as_entire_binding(),
@@ -500,30 +425,28 @@ impl GpuThreshold {
                 );
                 groups.push((bg, group));
             }
-            let mut enc = ctx.encoder();
-            enc.clear_buffer(&self.status, 0, None);
-            {
-                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("neurokernels.threshold.detect"),
-                    timestamp_writes: None,
-                });
+            let record = |pass: &mut wgpu::ComputePass<'_>| {
                 pass.set_pipeline(&self.pipeline);
                 for (bg, group) in &groups {
                     pass.set_bind_group(0, bg, &[]);
                     let (x, y, z) = grid((*group as u32).div_ceil(WG_SIZE));
                     pass.dispatch_workgroups(x, y, z);
                 }
-            }
-            let mut reads: Vec<(&wgpu::Buffer, u64, u64)> =
-                vec![(&counts, 0, nc as u64 * 4), (&self.status, 0, 4)];
+            };
+            let mut reads: Vec<(&wgpu::Buffer, u64, u64)> = vec![(&counts, 0, nc as u64 * 4)];
             if read_slots {
                 reads.push((&slots, 0, slots_bytes));
             }
-            let bytes = ctx.submit_and_read(enc, &reads)?;
+            let (status, mut bytes) = submit_pass(
+                &ctx,
+                &self.status,
+                "neurokernels.threshold.detect",
+                record,
+                &reads,
+            )?;
             let cb = nc * 4;
+            let slot_bytes = read_slots.then(|| bytes.split_off(cb));
             let counts_v: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes[..cb]);
-            let status: u32 = bytemuck::pod_read_unaligned(&bytes[cb..cb + 4]);
-            let slot_bytes = read_slots.then(|| bytes[cb + 4..].to_vec());
             Ok((state_out, counts_v, status, slot_bytes))
         })
     }
@@ -537,17 +460,8 @@ impl GpuThreshold {
         start: u64,
     ) -> Result<Vec<Event>> {
         let (n, nc) = chunk.dim();
-        let data = chunk.as_standard_layout();
-        let flat = data
-            .as_slice()
-            .ok_or_else(|| Error::DeviceArray("chunk not contiguous after copy".into()))?;
-        let bytes: &[u8] = bytemuck::cast_slice(flat);
         let ctx = self.ctx.clone();
-        let buf = ctx.scoped(|| {
-            let buf = self.input.ensure(&ctx, bytes.len() as u64).clone();
-            write_padded(&ctx, &buf, 0, bytes);
-            Ok(buf)
-        })?;
+        let buf = upload_chunk(&ctx, &mut self.input, chunk)?;
         let out = self.run(p, thr, &buf, n, nc, true);
         let out = out?;
         let slots = out.slots.unwrap_or_default();
@@ -562,11 +476,7 @@ impl GpuThreshold {
         chunk: &DeviceArray,
         start: u64,
     ) -> Result<DeviceEvents> {
-        if !Arc::ptr_eq(chunk.context(), &self.ctx) {
-            return Err(Error::DeviceArray(
-                "the chunk lives on another GPU context".into(),
-            ));
-        }
+        check_context(&self.ctx, chunk)?;
         let shape = chunk.shape();
         let (n, nc) = (shape[0], shape[1]);
         let buffer = chunk.buffer.clone();
@@ -611,15 +521,6 @@ impl GpuThreshold {
             ev.chunk_start,
         ))
     }
-}
-
-/// A binding of `size` bytes of `buffer` from `offset`.
-fn bind(buffer: &wgpu::Buffer, offset: u64, size: u64) -> wgpu::BindingResource<'_> {
-    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-        buffer,
-        offset,
-        size: wgpu::BufferSize::new(size),
-    })
 }
 
 /// Host events from per-channel slots, sorted by `(sample, channel)`.

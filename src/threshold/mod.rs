@@ -112,7 +112,8 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::events::{DeviceEvents, Event};
 use crate::exact::duration_samples;
-use crate::gpu::{DType, DeviceArray};
+use crate::gpu::DeviceArray;
+use crate::validate::{check_finite, f32_device_chunk, needs_gpu, non_finite_in_row};
 
 /// Settings of [`ThresholdCrossing`]. Defaults are ezmsg-event's `ThresholdSettings`:
 /// threshold −3.5, `max_peak_dur` 2 ms, `min_peak_dur` 0, `refrac_dur` 1 ms, no alignment, no
@@ -240,37 +241,6 @@ pub struct ThresholdCrossing {
 enum EngineState {
     Cpu(Box<cpu::CpuState>),
     Gpu(Box<gpu::GpuThreshold>),
-}
-
-/// The first non-finite value of `chunk`, in (sample, channel) order, as an error.
-fn check_finite(chunk: ArrayView2<'_, f32>) -> Result<()> {
-    // Rows are contiguous in the usual layout: test whole rows (vectorised) first.
-    for (s, row) in chunk.outer_iter().enumerate() {
-        let ok = match row.as_slice() {
-            Some(r) => r.iter().fold(true, |ok, v| ok & v.is_finite()),
-            None => row.iter().all(|v| v.is_finite()),
-        };
-        if !ok {
-            return Err(non_finite_in_row(chunk, s));
-        }
-    }
-    Ok(())
-}
-
-/// The error for the first non-finite value of row `row` of `chunk` (which holds one).
-fn non_finite_in_row(chunk: ArrayView2<'_, f32>, row: usize) -> Error {
-    let (channel, value) = chunk
-        .row(row)
-        .iter()
-        .enumerate()
-        .find(|(_, v)| !v.is_finite())
-        .map_or((0, f64::NAN), |(c, &v)| (c, v as f64));
-    Error::NonFinite {
-        what: "chunk",
-        sample: row,
-        channel,
-        value,
-    }
 }
 
 fn check_finite_nonneg(name: &'static str, v: f64) -> Result<()> {
@@ -552,27 +522,11 @@ impl ThresholdCrossing {
     /// As [`ThresholdCrossing::process`], plus [`Error::DeviceArray`] for the CPU engine, an
     /// array of another element type, rank or device.
     pub fn process_device(&mut self, chunk: &DeviceArray) -> Result<DeviceEvents> {
-        let shape = chunk.shape().to_vec();
-        if shape.len() != 2 {
-            return Err(Error::shape(
-                "chunk",
-                "(samples, channels)",
-                format!("{shape:?}"),
-            ));
-        }
-        if chunk.dtype() != DType::F32 {
-            return Err(Error::DeviceArray(format!(
-                "threshold crossing takes f32 samples, got {:?}",
-                chunk.dtype()
-            )));
-        }
-        let (n, c) = (shape[0], shape[1]);
+        let (n, c) = f32_device_chunk(chunk, "threshold crossing")?;
         self.check_shape(n, c)?;
         let thr = self.thresholds.for_channels(c);
         let EngineState::Gpu(g) = &mut self.engine else {
-            return Err(Error::DeviceArray(
-                "process_device needs the GPU engine".into(),
-            ));
+            return Err(needs_gpu("process_device"));
         };
         let events = g.process_device(&self.params, &thr, chunk, self.pos)?;
         self.pos += n as u64;

@@ -1,0 +1,311 @@
+//! Host code shared by the streaming kernels' GPU halves: binding ranges, row pieces, one
+//! uniform buffer of per-dispatch params, reusable output buffers, host-chunk upload, one
+//! compute pass submitted with a status word read back, the error for a non-finite row, and
+//! the host and device chunk paths of same-shape kernels.
+
+use std::sync::Arc;
+
+use bytemuck::Pod;
+use ndarray::{Array2, ArrayView2};
+
+use super::{write_padded, DType, DeviceArray, GpuContext, GrowBuffer};
+use crate::error::{Error, Result};
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+/// The smallest step `k` such that `k · unit_bytes` is a multiple of `align`.
+pub(crate) fn align_step(align: u64, unit_bytes: u64) -> u64 {
+    align / gcd(align, unit_bytes).max(1)
+}
+
+/// A binding of `size` bytes of `buffer` from `offset`.
+pub(crate) fn bind(buffer: &wgpu::Buffer, offset: u64, size: u64) -> wgpu::BindingResource<'_> {
+    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        buffer,
+        offset,
+        size: wgpu::BufferSize::new(size),
+    })
+}
+
+/// Rows of `row_bytes` each that one piece of a chunk binds: a multiple of `step` that fits
+/// `max_binding` bytes, and at most `max_rows` (rounded down to a multiple of `step`, but at
+/// least `step`). Zero when not even `step` rows fit one binding.
+pub(crate) fn rows_per_piece(max_binding: u64, row_bytes: u64, step: u64, max_rows: u64) -> u64 {
+    let by_binding = max_binding / row_bytes / step * step;
+    by_binding.min((max_rows / step * step).max(step))
+}
+
+/// `(first row, rows)` of each piece of `n` rows, `rows_per` rows a piece (the last one shorter).
+pub(crate) fn row_pieces(n: u64, rows_per: u64) -> Vec<(u64, u64)> {
+    (0..n.div_ceil(rows_per))
+        .map(|k| (k * rows_per, rows_per.min(n - k * rows_per)))
+        .collect()
+}
+
+/// The error for rows of `nc` channels that do not fit one binding of `max_binding` bytes.
+pub(crate) fn rows_too_wide(max_binding: u64, nc: usize) -> Error {
+    Error::shape(
+        "chunk",
+        format!(
+            "rows of at most {} channels on this adapter",
+            max_binding / 4
+        ),
+        format!("{nc} channels"),
+    )
+}
+
+/// A uniform buffer holding one params struct per dispatch, at the device's uniform offset
+/// alignment (at least 64 bytes apart). It grows geometrically and is otherwise reused.
+#[derive(Debug)]
+pub(crate) struct ParamsBuffer {
+    label: &'static str,
+    buf: Option<(wgpu::Buffer, u64)>,
+}
+
+/// The params of one chunk's dispatches, as written by [`ParamsBuffer::write`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ParamsView<'a> {
+    buf: &'a wgpu::Buffer,
+    stride: u64,
+    size: u64,
+}
+
+impl ParamsView<'_> {
+    /// The binding of dispatch `k`'s params.
+    pub(crate) fn binding(&self, k: usize) -> wgpu::BindingResource<'_> {
+        bind(self.buf, k as u64 * self.stride, self.size)
+    }
+}
+
+impl ParamsBuffer {
+    /// An empty params buffer named `label`.
+    pub(crate) fn new(label: &'static str) -> Self {
+        ParamsBuffer { label, buf: None }
+    }
+
+    /// Queues `items` (one per dispatch) into the buffer, growing it first when needed.
+    /// Queued writes run before the commands of the next submit.
+    pub(crate) fn write<T: Pod>(&mut self, ctx: &GpuContext, items: &[T]) -> ParamsView<'_> {
+        let stride = (ctx.limits().min_uniform_buffer_offset_alignment as u64).max(64);
+        let item = std::mem::size_of::<T>();
+        let pbytes = items.len() as u64 * stride;
+        if self.buf.as_ref().is_none_or(|(_, s)| *s < pbytes) {
+            self.buf = None;
+        }
+        let label = self.label;
+        let (buf, _) = self.buf.get_or_insert_with(|| {
+            let size = pbytes.next_power_of_two().max(256);
+            let buf = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            (buf, size)
+        });
+        let mut pdata = vec![0u8; pbytes as usize];
+        for (k, d) in items.iter().enumerate() {
+            let at = k * stride as usize;
+            pdata[at..at + item].copy_from_slice(bytemuck::bytes_of(d));
+        }
+        write_padded(ctx, buf, 0, &pdata);
+        ParamsView {
+            buf,
+            stride,
+            size: item as u64,
+        }
+    }
+}
+
+/// An output buffer of at least `bytes` in `slot`, reused while nobody else holds it, otherwise
+/// replaced by a new one (sized to the next power of two).
+pub(crate) fn reusable_output(
+    ctx: &GpuContext,
+    slot: &mut Option<Arc<wgpu::Buffer>>,
+    bytes: u64,
+    label: &str,
+) -> Arc<wgpu::Buffer> {
+    let need = bytes.max(16).next_multiple_of(4);
+    let reuse = slot
+        .as_ref()
+        .is_some_and(|b| Arc::strong_count(b) == 1 && b.size() >= need);
+    if !reuse {
+        *slot = Some(Arc::new(ctx.storage(need.next_power_of_two(), label)));
+    }
+    match slot {
+        Some(b) => b.clone(),
+        None => Arc::new(ctx.storage(need, label)),
+    }
+}
+
+/// Uploads a host chunk into `input` (grown to fit) and returns the buffer.
+pub(crate) fn upload_chunk(
+    ctx: &GpuContext,
+    input: &mut GrowBuffer,
+    chunk: ArrayView2<'_, f32>,
+) -> Result<wgpu::Buffer> {
+    let data = chunk.as_standard_layout();
+    let flat = data
+        .as_slice()
+        .ok_or_else(|| Error::DeviceArray("chunk not contiguous after copy".into()))?;
+    let bytes: &[u8] = bytemuck::cast_slice(flat);
+    ctx.scoped(|| {
+        let buf = input.ensure(ctx, bytes.len() as u64);
+        write_padded(ctx, &buf, 0, bytes);
+        Ok(buf)
+    })
+}
+
+/// Errors out unless `chunk` lives on `ctx`.
+pub(crate) fn check_context(ctx: &Arc<GpuContext>, chunk: &DeviceArray) -> Result<()> {
+    if Arc::ptr_eq(chunk.context(), ctx) {
+        Ok(())
+    } else {
+        Err(Error::DeviceArray(
+            "the chunk lives on another GPU context".into(),
+        ))
+    }
+}
+
+/// A GPU kernel that maps an `(n, nc)` f32 chunk to an f32 output of the same shape (the
+/// filter, the common-average reference). The required methods give its buffers and run it;
+/// the provided ones process host and device chunks with them.
+pub(crate) trait SameShapeKernel {
+    /// The context the kernel's buffers live on.
+    fn context(&self) -> &Arc<GpuContext>;
+
+    /// The upload buffer for host chunks.
+    fn input_buffer(&mut self) -> &mut GrowBuffer;
+
+    /// An output buffer of at least `bytes`.
+    fn output_buffer(&mut self, bytes: u64) -> Arc<wgpu::Buffer>;
+
+    /// Runs the kernel on the `n × nc` chunk in `input` (`n > 0`) into `output`; with
+    /// `read_output`, the output's bytes come back too.
+    fn run(
+        &mut self,
+        input: &wgpu::Buffer,
+        output: &wgpu::Buffer,
+        n: usize,
+        nc: usize,
+        read_output: bool,
+    ) -> Result<Option<Vec<u8>>>;
+
+    /// A host chunk (non-empty, checked finite): upload, run, read the output back.
+    fn process_host(&mut self, chunk: ArrayView2<'_, f32>) -> Result<Array2<f32>> {
+        let (n, nc) = chunk.dim();
+        let ctx = self.context().clone();
+        let input = upload_chunk(&ctx, self.input_buffer(), chunk)?;
+        let output = ctx.scoped(|| Ok(self.output_buffer((n * nc * 4) as u64)))?;
+        let out = self.run(&input, &output, n, nc, true)?.unwrap_or_default();
+        let vals: Vec<f32> = bytemuck::pod_collect_to_vec(&out);
+        Array2::from_shape_vec((n, nc), vals).map_err(|e| Error::DeviceArray(e.to_string()))
+    }
+
+    /// A rank-2 f32 device chunk: run, leave the output on the device.
+    fn process_device(&mut self, chunk: &DeviceArray) -> Result<DeviceArray> {
+        let ctx = self.context().clone();
+        check_context(&ctx, chunk)?;
+        let shape = chunk.shape().to_vec();
+        let (n, nc) = match shape[..] {
+            [n, nc] => (n, nc),
+            _ => {
+                return Err(Error::shape(
+                    "chunk",
+                    "(samples, channels)",
+                    format!("{shape:?}"),
+                ))
+            }
+        };
+        let output = ctx.scoped(|| Ok(self.output_buffer((n * nc * 4) as u64)))?;
+        if n > 0 {
+            let input = chunk.buffer.clone();
+            self.run(&input, &output, n, nc, false)?;
+        }
+        Ok(DeviceArray::from_buffer(&ctx, output, shape, DType::F32))
+    }
+}
+
+/// Clears `status`, records one compute pass named `label` with `record`, submits it and reads
+/// back the `reads` ranges and then the status word. Returns the status word and the ranges'
+/// bytes, concatenated.
+pub(crate) fn submit_pass(
+    ctx: &GpuContext,
+    status: &wgpu::Buffer,
+    label: &str,
+    record: impl FnOnce(&mut wgpu::ComputePass<'_>),
+    reads: &[(&wgpu::Buffer, u64, u64)],
+) -> Result<(u32, Vec<u8>)> {
+    let mut enc = ctx.encoder();
+    enc.clear_buffer(status, 0, None);
+    {
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(label),
+            timestamp_writes: None,
+        });
+        record(&mut pass);
+    }
+    let mut all = Vec::with_capacity(reads.len() + 1);
+    all.extend_from_slice(reads);
+    all.push((status, 0, 4));
+    let mut bytes = ctx.submit_and_read(enc, &all)?;
+    let at = bytes
+        .len()
+        .checked_sub(4)
+        .ok_or_else(|| Error::Readback("status word missing from the read-back".into()))?;
+    let word: u32 = bytemuck::pod_read_unaligned(&bytes[at..]);
+    bytes.truncate(at);
+    Ok((word, bytes))
+}
+
+/// The error for the first non-finite sample of row `row` of the `· × nc` f32 chunk in
+/// `input` (the row the device reported): reads that row back to name the channel and value.
+pub(crate) fn non_finite_row(
+    ctx: &GpuContext,
+    input: &wgpu::Buffer,
+    row: usize,
+    nc: usize,
+) -> Error {
+    let off = row as u64 * nc as u64 * 4;
+    let enc = ctx.encoder();
+    match ctx.submit_and_read(enc, &[(input, off, nc as u64 * 4)]) {
+        Ok(bytes) => {
+            let vals: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
+            let (channel, value) = vals
+                .iter()
+                .enumerate()
+                .find(|(_, v)| !v.is_finite())
+                .map(|(c, &v)| (c, v as f64))
+                .unwrap_or((0, f64::NAN));
+            Error::NonFinite {
+                what: "chunk",
+                sample: row,
+                channel,
+                value,
+            }
+        }
+        Err(e) => e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_and_pieces() {
+        assert_eq!(align_step(32, 148), 8);
+        assert_eq!(align_step(256, 1024), 1);
+        assert_eq!(rows_per_piece(1 << 20, 1024, 1, u64::MAX), 1024);
+        assert_eq!(rows_per_piece(1 << 20, 1024, 1, 100), 100);
+        assert_eq!(rows_per_piece(1 << 20, 148, 8, 5), 8);
+        assert_eq!(rows_per_piece(100, 148, 8, 5), 0);
+        assert_eq!(row_pieces(10, 4), vec![(0, 4), (4, 4), (8, 2)]);
+        assert!(row_pieces(0, 4).is_empty());
+    }
+}

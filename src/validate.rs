@@ -1,0 +1,68 @@
+//! Checks shared by the streaming operators' chunk inputs: non-finite samples in host chunks,
+//! and the rank, element type and engine of device chunks.
+
+use ndarray::ArrayView2;
+
+use crate::error::{Error, Result};
+use crate::gpu::{DType, DeviceArray};
+
+/// The first non-finite value of `chunk`, in (sample, channel) order, as an error.
+pub(crate) fn check_finite(chunk: ArrayView2<'_, f32>) -> Result<()> {
+    // Rows are contiguous in the usual layout: test whole rows (vectorised) first.
+    for (s, row) in chunk.outer_iter().enumerate() {
+        let ok = match row.as_slice() {
+            Some(r) => r.iter().fold(true, |ok, v| ok & v.is_finite()),
+            None => row.iter().all(|v| v.is_finite()),
+        };
+        if !ok {
+            return Err(non_finite_in_row(chunk, s));
+        }
+    }
+    Ok(())
+}
+
+/// The error for the first non-finite value of row `row` of `chunk` (which holds one).
+pub(crate) fn non_finite_in_row(chunk: ArrayView2<'_, f32>, row: usize) -> Error {
+    let (channel, value) = chunk
+        .row(row)
+        .iter()
+        .enumerate()
+        .find(|(_, v)| !v.is_finite())
+        .map_or((0, f64::NAN), |(c, &v)| (c, v as f64));
+    Error::NonFinite {
+        what: "chunk",
+        sample: row,
+        channel,
+        value,
+    }
+}
+
+/// The `(samples, channels)` of a device chunk: [`Error::Shape`] unless it has rank 2.
+pub(crate) fn device_chunk_dims(chunk: &DeviceArray) -> Result<(usize, usize)> {
+    match *chunk.shape() {
+        [n, c] => Ok((n, c)),
+        ref shape => Err(Error::shape(
+            "chunk",
+            "(samples, channels)",
+            format!("{shape:?}"),
+        )),
+    }
+}
+
+/// The `(samples, channels)` of an `f32` device chunk: [`Error::Shape`] unless it has rank 2,
+/// then [`Error::DeviceArray`] ("`{op}` takes f32 samples, got …") for another element type.
+pub(crate) fn f32_device_chunk(chunk: &DeviceArray, op: &str) -> Result<(usize, usize)> {
+    let dims = device_chunk_dims(chunk)?;
+    if chunk.dtype() != DType::F32 {
+        return Err(Error::DeviceArray(format!(
+            "{op} takes f32 samples, got {:?}",
+            chunk.dtype()
+        )));
+    }
+    Ok(dims)
+}
+
+/// The error for a device-resident call `what` on an operator built on the CPU engine.
+pub(crate) fn needs_gpu(what: &str) -> Error {
+    Error::DeviceArray(format!("{what} needs the GPU engine"))
+}
