@@ -29,7 +29,7 @@
 
 use std::time::{Duration, Instant};
 
-use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 
 use crate::binning::{Binned, BinnedActivation, BinningSettings};
 use crate::engine::Engine;
@@ -40,6 +40,7 @@ use crate::gpu::{DType, DeviceArray, GpuContext};
 use crate::lrr::{Lrr, LrrSettings};
 use crate::reference::{CarSettings, CommonAverage};
 use crate::threshold::{ThresholdCrossing, ThresholdSettings};
+use crate::validate::check_finite;
 
 /// Which reference the chain subtracts after filtering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -271,32 +272,6 @@ fn noise_of(column: impl Iterator<Item = f32>) -> f32 {
         (lower as f64 * 0.5 + upper as f64 * 0.5) as f32
     };
     (med as f64 / 0.6745) as f32
-}
-
-/// The chunk's first non-finite value, as the error every stage would return.
-fn check_finite(x: ArrayView2<'_, f32>) -> Result<()> {
-    // Fast path for contiguous chunks: a branch-free scan of the exponent bits (vectorises).
-    if let Some(all) = x.as_slice() {
-        let clean = all.chunks(512).all(|c| {
-            c.iter().fold(0u32, |m, v| {
-                m | u32::from(v.to_bits() & 0x7f80_0000 == 0x7f80_0000)
-            }) == 0
-        });
-        if clean {
-            return Ok(());
-        }
-    }
-    for (s, row) in x.axis_iter(Axis(0)).enumerate() {
-        if let Some((c, &v)) = row.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(Error::NonFinite {
-                what: "chunk",
-                sample: s,
-                channel: c,
-                value: v as f64,
-            });
-        }
-    }
-    Ok(())
 }
 
 impl Chain {
