@@ -6,7 +6,7 @@
 //! stream, many chunkings), `spec_*` (hand-checkable numbers written out below), `error_*`
 //! (each bad-input class, then a good chunk compared with a twin stream that never saw the
 //! bad one), `positions_*` (`u64` stream positions past 2³²), `reference_*` (vectors from the
-//! Python package in `shared/reference/binning`). Every test exists as `*_cpu` and `*_gpu`
+//! Python package in `tests/reference/binning`). Every test exists as `*_cpu` and `*_gpu`
 //! (the GPU one also checks parity with the CPU), except `parity_process_device_gpu`; GPU
 //! tests fail, never skip, without an adapter (`WGPU_BACKEND=vulkan` or `gl` picks the
 //! backend). `cargo test --test binning cpu` runs the CPU half.
@@ -1744,7 +1744,7 @@ fn positions_sparse_chunk_longer_than_u32_gpu() {
 }
 
 // =============================================================================================
-// reference_*: the Python package's own output (shared/reference/binning)
+// reference_*: the Python package's own output (tests/reference/binning)
 
 fn reference_dir(case: &str) -> PathBuf {
     support::reference("binning", case)

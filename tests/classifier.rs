@@ -1,6 +1,6 @@
 //! Max-rate classifier (SPEC §5) on both engines, against a plain sequential `f64` truth
 //! written here from the formulas, against each other, and against the Python package's own
-//! output (`shared/reference/classifier/seq_decay_1d`).
+//! output (`tests/reference/classifier/seq_decay_1d`).
 //!
 //! Groups, by prefix: `parity_*` (random sequences of updates with decay and absent classes,
 //! awkward sizes; state, logits and labels after every step), `reference_*`, `spec_*`

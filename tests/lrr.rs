@@ -1,6 +1,6 @@
 //! Covariance accumulation and linear regression rereferencing (SPEC §2) on both engines,
 //! against a plain sequential `f64` truth written here (nalgebra for the solves), against
-//! each other, and against the Python package's own vectors (`shared/reference/lrr`).
+//! each other, and against the Python package's own vectors (`tests/reference/lrr`).
 //!
 //! Groups, by prefix: `fit_*`, `partial_fit_*`, `transform_*` (definitions and GPU-vs-CPU
 //! parity), `closed_form_*` (each channel's LRR residual is the OLS/ridge residual on the
