@@ -58,3 +58,21 @@ impl Engine {
         }
     }
 }
+
+/// Worker threads the CPU engine uses for large chunks: `NEUROKERNELS_THREADS` when set to a
+/// positive integer, else the available parallelism (at most 16).
+pub(crate) fn worker_threads() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        std::env::var("NEUROKERNELS_THREADS")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            })
+            .clamp(1, 16)
+    })
+}

@@ -5,13 +5,13 @@
 
 use std::cmp::Ordering;
 use std::ops::Range;
-use std::sync::OnceLock;
 
 use ndarray::{Array2, ArrayView2};
 
 use super::kernels::{gemm_rows, prefetch_rows, syrk_block, BLOCK, TC};
 use super::solve::solve_cluster;
 use super::{scan_chunk, sym, Layout, Scan, MAX_ABS_VALUE};
+use crate::engine::worker_threads;
 use crate::error::Result;
 
 /// Multiply-adds below which a call stays on one thread (spawning costs ~20–50 µs).
@@ -21,24 +21,6 @@ const T_ROWS: usize = 96;
 /// A chunk whose `C` has a diagonal entry above this (or not finite) is scanned exactly:
 /// any `|x| > 1e15` puts `x² > 1e30` on the diagonal.
 const SUSPICIOUS_DIAGONAL: f64 = 1e30;
-
-/// Worker threads to use for large chunks: `NEUROKERNELS_THREADS` when set to a positive
-/// integer, else the available parallelism (at most 16).
-fn n_threads() -> usize {
-    static N: OnceLock<usize> = OnceLock::new();
-    *N.get_or_init(|| {
-        std::env::var("NEUROKERNELS_THREADS")
-            .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .filter(|&n| n > 0)
-            .unwrap_or_else(|| {
-                std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(1)
-            })
-            .clamp(1, 16)
-    })
-}
 
 /// Splits `0..n` into at most `parts` ranges whose starts are multiples of `align`.
 fn split_rows(n: usize, parts: usize, align: usize) -> Vec<Range<usize>> {
@@ -121,7 +103,7 @@ impl CpuLrr {
         let (rows, nc) = std.dim();
         let data = std.as_slice().unwrap_or(&[]);
         let work: usize = rows * layout.groups.iter().map(|g| g.len().pow(2)).sum::<usize>() / 2;
-        if work < PARALLEL_WORK || n_threads() == 1 {
+        if work < PARALLEL_WORK || worker_threads() == 1 {
             match scan_chunk(std.view()) {
                 Scan::Ok => {}
                 Scan::Nan => return Ok(false),
@@ -137,7 +119,7 @@ impl CpuLrr {
             self.c = acc;
             return Ok(true);
         }
-        let ranges = split_rows(rows, n_threads(), BLOCK);
+        let ranges = split_rows(rows, worker_threads(), BLOCK);
         let kp = &self.kp;
         let run = |r: Range<usize>| {
             let mut acc: Vec<Vec<f64>> = kp.iter().map(|&p| vec![0.0; p * p]).collect();
@@ -298,7 +280,7 @@ impl CpuLrr {
                 .map(|c| c.len().pow(2))
                 .sum::<usize>();
         let threads = if work >= PARALLEL_WORK {
-            n_threads()
+            worker_threads()
         } else {
             1
         };
