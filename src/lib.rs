@@ -41,3 +41,8 @@ pub use lrr::{Lrr, LrrSettings, LrrSnapshot, WeightsSource};
 pub use recording::{sync_edges, Dtype, NpyWriter, OpenOptions, RawFormat, Recording, SyncEdge};
 pub use reference::{CarSettings, CommonAverage};
 pub use threshold::{ThresholdCrossing, ThresholdSettings};
+
+/// The README's Rust examples, compiled as doc tests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
