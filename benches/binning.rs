@@ -4,25 +4,20 @@
 //! and per-chunk latency percentiles (p50/p99, what closed-loop users care about) are printed
 //! by a plain timing loop at the end, since criterion reports means.
 
+mod support;
+
+use support::engines;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ndarray::{s, Array2};
-use neurokernels::{
-    Aggregation, BinnedActivation, BinningSettings, Engine, Event, GpuOptions, Kernel,
-};
+use neurokernels::{Aggregation, BinnedActivation, BinningSettings, Engine, Event, Kernel};
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64;
 
 const FS: f64 = 30_000.0;
-
-fn engines() -> Vec<(&'static str, Engine)> {
-    let gpu = Engine::gpu(&GpuOptions::software_ok())
-        .expect("benches need a GPU adapter (set WGPU_BACKEND)");
-    eprintln!("GPU engine: {}", gpu.describe());
-    vec![("cpu", Engine::cpu()), ("gpu", gpu)]
-}
 
 /// A dense raster with ~1 % of samples set.
 fn raster(n: usize, nc: usize, seed: u64) -> Array2<f32> {

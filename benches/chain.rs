@@ -11,6 +11,10 @@
 //! per-chunk compute time p50/p99, the end-to-end real-time factor, and each stage's share
 //! (`profile_stages`: the GPU engine waits for the device after each stage for that table).
 
+mod support;
+
+use support::engines;
+
 use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -19,7 +23,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use ndarray::Array2;
 use neurokernels::chain::{percentiles, Chain, ChainSettings};
 use neurokernels::recording::{Dtype, OpenOptions, RawFormat, Recording};
-use neurokernels::{Engine, GpuOptions, LrrSettings};
+use neurokernels::{Engine, LrrSettings};
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64;
 
@@ -27,13 +31,6 @@ const FS: f64 = 30_000.0;
 const NC: usize = 384;
 const UV: f64 = 0.195;
 const SECONDS: f64 = 2.0;
-
-fn engines() -> Vec<(&'static str, Engine)> {
-    let gpu = Engine::gpu(&GpuOptions::software_ok())
-        .expect("benches need a GPU adapter (set WGPU_BACKEND)");
-    eprintln!("GPU engine: {}", gpu.describe());
-    vec![("cpu", Engine::cpu()), ("gpu", gpu)]
-}
 
 /// Writes the int16 recording and opens it.
 fn recording(dir: &Path) -> Recording {

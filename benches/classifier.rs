@@ -8,13 +8,17 @@
 //!
 //! `NEUROKERNELS_BENCH_MAX_N` caps the largest size (default 1 000 000).
 
+mod support;
+
+use support::engines;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ndarray::Array2;
 use neurokernels::classifier::{ClassifierSettings, MaxRateClassifier};
-use neurokernels::{DeviceArray, Engine, GpuOptions};
+use neurokernels::{DeviceArray, Engine};
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64;
 
@@ -30,13 +34,6 @@ fn sizes() -> Vec<usize> {
         .into_iter()
         .filter(|&n| n <= max)
         .collect()
-}
-
-fn engines() -> Vec<(&'static str, Engine)> {
-    let gpu = Engine::gpu(&GpuOptions::software_ok())
-        .expect("benches need a GPU adapter (set WGPU_BACKEND)");
-    eprintln!("GPU engine: {}", gpu.describe());
-    vec![("cpu", Engine::cpu()), ("gpu", gpu)]
 }
 
 /// Spike-rate-like inputs in [0, 1) (a fifth of them zero) and balanced labels.

@@ -10,26 +10,23 @@
 //! `gpu_device` encodes a device-resident input into a device-resident output (`encode_device`,
 //! which waits for the GPU). Set `WGPU_BACKEND` to choose the adapter.
 
+mod support;
+
+use support::engines;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ndarray::{Array2, ArrayD, IxDyn};
 use neurokernels::encoders::{LatencyEncoder, LatencySettings, RateEncoder, RateSettings};
-use neurokernels::{DeviceArray, Engine, GpuOptions};
+use neurokernels::{DeviceArray, Engine};
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64;
 
 const B: usize = 256;
 const F: usize = 784;
 const T: usize = 100;
-
-fn engines() -> Vec<(&'static str, Engine)> {
-    let gpu = Engine::gpu(&GpuOptions::software_ok())
-        .expect("benches need a GPU adapter (set WGPU_BACKEND)");
-    eprintln!("GPU engine: {}", gpu.describe());
-    vec![("cpu", Engine::cpu()), ("gpu", gpu)]
-}
 
 /// MNIST-like intensities in [0, 1]: ~80 % zeros (background) and the rest uniform.
 fn input() -> Array2<f32> {

@@ -11,13 +11,17 @@
 //! second; a plain timing loop at the end prints per-chunk percentiles (min, p50, p99) and
 //! the real-time factor.
 
+mod support;
+
+use support::engines;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ndarray::{s, Array2};
 use neurokernels::{
-    BandpassFilter, CarSettings, CommonAverage, DeviceArray, Engine, FilterSettings, GpuOptions,
+    BandpassFilter, CarSettings, CommonAverage, DeviceArray, Engine, FilterSettings,
 };
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64;
@@ -26,13 +30,6 @@ const FS: f64 = 30_000.0;
 const NC: usize = 384;
 const CHUNK: usize = 600;
 const ROWS: usize = 30_000;
-
-fn engines() -> Vec<(&'static str, Engine)> {
-    let gpu = Engine::gpu(&GpuOptions::software_ok())
-        .expect("benches need a GPU adapter (set WGPU_BACKEND)");
-    eprintln!("GPU engine: {}", gpu.describe());
-    vec![("cpu", Engine::cpu()), ("gpu", gpu)]
-}
 
 fn signal(n: usize, nc: usize, seed: u64) -> Array2<f32> {
     let mut r = Pcg64::seed_from_u64(seed);

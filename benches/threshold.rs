@@ -15,12 +15,16 @@
 //! machine gives) and the real-time factor are printed by a plain timing loop at the end,
 //! since criterion reports means.
 
+mod support;
+
+use support::engines;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ndarray::{s, Array2};
-use neurokernels::{Engine, GpuOptions, ThresholdCrossing, ThresholdSettings};
+use neurokernels::{ThresholdCrossing, ThresholdSettings};
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64;
 
@@ -34,13 +38,6 @@ fn signal_rows() -> usize {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.2);
     ((secs * FS) as usize).max(600)
-}
-
-fn engines() -> Vec<(&'static str, Engine)> {
-    let gpu = Engine::gpu(&GpuOptions::software_ok())
-        .expect("benches need a GPU adapter (set WGPU_BACKEND)");
-    eprintln!("GPU engine: {}", gpu.describe());
-    vec![("cpu", Engine::cpu()), ("gpu", gpu)]
 }
 
 /// `n × nc` unit Gaussian noise plus ~1 ms spikes of amplitude 4–12 (either sign) at
