@@ -82,7 +82,7 @@ fn recording(dir: &Path) -> Recording {
 fn settings(profile: bool) -> ChainSettings {
     ChainSettings {
         lrr: LrrSettings {
-            channel_clusters: Some((0..8).map(|k| (k * 48..(k + 1) * 48).collect()).collect()),
+            channel_clusters: Some(neurokernels::lrr::consecutive_clusters(NC, 48)),
             ..Default::default()
         },
         profile_stages: profile,

@@ -164,9 +164,7 @@ fn parse_clusters(text: &str, n_channels: usize) -> Result<Vec<Vec<usize>>, CliE
         if k == 0 {
             return Err(bad("cluster size must be at least 1".into()));
         }
-        return Ok((0..n_channels.div_ceil(k))
-            .map(|c| (c * k..((c + 1) * k).min(n_channels)).collect())
-            .collect());
+        return Ok(neurokernels::lrr::consecutive_clusters(n_channels, k));
     }
     let mut out = Vec::new();
     for group in text.split(';').filter(|g| !g.trim().is_empty()) {

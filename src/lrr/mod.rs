@@ -201,6 +201,16 @@ pub fn write_csv(path: impl AsRef<Path>, m: ArrayView2<'_, f64>) -> Result<()> {
     std::fs::write(path, s).map_err(|e| io_error(path, e))
 }
 
+/// Clusters of `size` consecutive channels covering `0..n_channels` (the last one shorter
+/// when `size` does not divide `n_channels`): the layout of probes whose common noise is
+/// shared by neighbouring sites. `size` 0 is treated as 1.
+pub fn consecutive_clusters(n_channels: usize, size: usize) -> Vec<Vec<usize>> {
+    let k = size.max(1);
+    (0..n_channels.div_ceil(k))
+        .map(|c| (c * k..((c + 1) * k).min(n_channels)).collect())
+        .collect()
+}
+
 /// Reads a CSV matrix (see [`WeightsSource::Csv`]). Errors name the file, line and field:
 /// [`Error::InvalidSetting`] `weights` for an unreadable file, a non-numeric or non-finite
 /// field; [`Error::Shape`] for ragged rows.

@@ -126,10 +126,7 @@ impl SimSettings {
 
     /// The LRR clusters: consecutive runs of `cluster_size` channels.
     pub fn clusters(&self) -> Vec<Vec<usize>> {
-        let k = self.cluster_size.max(1);
-        (0..self.channels.div_ceil(k))
-            .map(|c| (c * k..((c + 1) * k).min(self.channels)).collect())
-            .collect()
+        crate::lrr::consecutive_clusters(self.channels, self.cluster_size)
     }
 
     fn validate(&self) -> Result<()> {
