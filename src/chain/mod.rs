@@ -315,8 +315,17 @@ impl Chain {
             }
         }
         // The calibration pass runs on the chain's engine, host in and host out.
-        let mut filtered = match settings.filter {
-            Some(f) => BandpassFilter::new(engine, f, fs)?.process(window)?,
+        // The stream's filter filters the window, then restarts from zero state.
+        let mut filter = match settings.filter {
+            Some(f) => Some(BandpassFilter::new(engine, f, fs)?),
+            None => None,
+        };
+        let mut filtered = match &mut filter {
+            Some(f) => {
+                let y = f.process(window)?;
+                f.reset();
+                y
+            }
             None => window.to_owned(),
         };
         let mut reference = Reference::new(engine, &settings)?;
@@ -352,10 +361,6 @@ impl Chain {
                     }
                 })
                 .collect(),
-        };
-        let filter = match settings.filter {
-            Some(f) => Some(BandpassFilter::new(engine, f, fs)?),
-            None => None,
         };
         let detect = ThresholdCrossing::with_thresholds(
             engine,
@@ -609,15 +614,18 @@ impl Chain {
         sync(ctx)?;
         lap(&mut self.times.threshold);
         let dev_bins = self.bin.process_device_events(&dev_events)?;
-        let events = self.detect.events_to_host(&dev_events)?;
-        let values = if dev_bins.n_bins == 0 {
-            Array2::zeros((0, self.n_channels))
+        // Events and bins come down in one read-back.
+        let (events, values) = if dev_bins.n_bins == 0 {
+            let events = self.detect.events_to_host(&dev_events)?;
+            (events, Array2::zeros((0, self.n_channels)))
         } else {
-            dev_bins
-                .values
-                .to_host::<f32>()?
+            let (events, values) = self
+                .detect
+                .events_and_array_to_host(&dev_events, &dev_bins.values)?;
+            let values = values
                 .into_dimensionality()
-                .map_err(|e| Error::Readback(e.to_string()))?
+                .map_err(|e| Error::Readback(e.to_string()))?;
+            (events, values)
         };
         lap(&mut self.times.binning);
         let b = &self.settings.binning;

@@ -496,17 +496,39 @@ impl GpuThreshold {
         })
     }
 
+    /// Whether `ctx` is this operator's device.
+    pub(crate) fn same_device(&self, ctx: &Arc<GpuContext>) -> bool {
+        Arc::ptr_eq(&self.ctx, ctx)
+    }
+
     /// Reads device events back: counts and slots in one round trip.
     pub(crate) fn events_to_host(&self, ev: &DeviceEvents) -> Result<Vec<Event>> {
+        self.events_and_bytes_to_host(ev, None)
+            .map(|(events, _)| events)
+    }
+
+    /// [`GpuThreshold::events_to_host`], reading the first `len` bytes of `also` (a buffer of
+    /// this device) in the same read-back; returns them after the events.
+    pub(crate) fn events_and_bytes_to_host(
+        &self,
+        ev: &DeviceEvents,
+        also: Option<(&wgpu::Buffer, u64)>,
+    ) -> Result<(Vec<Event>, Vec<u8>)> {
         let nc = ev.n_channels;
         let slots_bytes = nc as u64 * ev.capacity as u64 * SLOT_BYTES;
-        let bytes = self.ctx.scoped(|| {
+        let mut read = vec![
+            (&*ev.counts, 0, nc as u64 * 4),
+            (&*ev.slots, 0, slots_bytes),
+        ];
+        if let Some((buf, len)) = also.filter(|&(_, len)| len > 0) {
+            read.push((buf, 0, len));
+        }
+        let mut bytes = self.ctx.scoped(|| {
             let enc = self.ctx.encoder();
-            self.ctx.submit_and_read(
-                enc,
-                &[(&ev.counts, 0, nc as u64 * 4), (&ev.slots, 0, slots_bytes)],
-            )
+            self.ctx.submit_and_read(enc, &read)
         })?;
+        let slots_end = nc * 4 + slots_bytes as usize;
+        let extra = bytes.split_off(slots_end.min(bytes.len()));
         let counts: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes[..nc * 4]);
         if let Some(c) = counts.iter().position(|&k| k > ev.capacity) {
             return Err(Error::DeviceArray(format!(
@@ -514,11 +536,9 @@ impl GpuThreshold {
                 counts[c], ev.capacity
             )));
         }
-        Ok(decode(
-            &counts,
-            ev.capacity,
-            &bytes[nc * 4..],
-            ev.chunk_start,
+        Ok((
+            decode(&counts, ev.capacity, &bytes[nc * 4..], ev.chunk_start),
+            extra,
         ))
     }
 }

@@ -112,7 +112,7 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::events::{DeviceEvents, Event};
 use crate::exact::duration_samples;
-use crate::gpu::DeviceArray;
+use crate::gpu::{DType, DeviceArray};
 use crate::validate::{check_finite, f32_device_chunk, needs_gpu, non_finite_in_row};
 
 /// Settings of [`ThresholdCrossing`]. Defaults are ezmsg-event's `ThresholdSettings`:
@@ -546,5 +546,35 @@ impl ThresholdCrossing {
             ));
         };
         g.events_to_host(events)
+    }
+
+    /// [`ThresholdCrossing::events_to_host`] and the read-back of an `f32` device array (e.g.
+    /// the bins computed from these events) in one device round trip.
+    ///
+    /// # Errors
+    /// As [`ThresholdCrossing::events_to_host`], plus [`Error::DeviceArray`] for an array of
+    /// another element type or device.
+    pub fn events_and_array_to_host(
+        &self,
+        events: &DeviceEvents,
+        array: &DeviceArray,
+    ) -> Result<(Vec<Event>, ndarray::ArrayD<f32>)> {
+        let EngineState::Gpu(g) = &self.engine else {
+            return Err(Error::DeviceArray(
+                "device events need the GPU engine".into(),
+            ));
+        };
+        if array.dtype() != DType::F32 || !g.same_device(array.context()) {
+            return Err(Error::DeviceArray(format!(
+                "expected an f32 array of this operator's device, got {:?}",
+                array.dtype()
+            )));
+        }
+        let (ev, bytes) =
+            g.events_and_bytes_to_host(events, Some((array.buffer(), array.byte_len())))?;
+        let data: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
+        let values = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(array.shape()), data)
+            .map_err(|e| Error::DeviceArray(e.to_string()))?;
+        Ok((ev, values))
     }
 }
