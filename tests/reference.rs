@@ -4,43 +4,13 @@
 //!
 //! GPU tests never skip: without an adapter they fail.
 
-use std::sync::{Arc, OnceLock};
+mod support;
 
 use ndarray::{array, s, Array2, ArrayView2};
-use neurokernels::{
-    CarSettings, CommonAverage, DeviceArray, Engine, Error, GpuContext, GpuOptions,
-};
+use neurokernels::{CarSettings, CommonAverage, DeviceArray, Engine, Error};
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64;
-
-fn gpu() -> Engine {
-    static GPU: OnceLock<Result<Engine, String>> = OnceLock::new();
-    let made = GPU.get_or_init(|| {
-        let e = Engine::gpu(&GpuOptions::software_ok()).map_err(|e| e.to_string());
-        if let Ok(e) = &e {
-            eprintln!("reference tests on {}", e.describe());
-        }
-        e
-    });
-    match made {
-        Ok(e) => e.clone(),
-        Err(e) => panic!(
-            "no GPU adapter (WGPU_BACKEND={:?}): {e}. GPU tests fail rather than skip",
-            std::env::var("WGPU_BACKEND").ok()
-        ),
-    }
-}
-
-fn ctx() -> Arc<GpuContext> {
-    match gpu() {
-        Engine::Gpu(c) => c,
-        Engine::Cpu => unreachable!("gpu() returns the GPU engine"),
-    }
-}
-
-fn engines() -> Vec<(&'static str, Engine)> {
-    vec![("cpu", Engine::cpu()), ("gpu", gpu())]
-}
+use support::{ctx, engines, gpu};
 
 const MEAN: CarSettings = CarSettings { median: false };
 const MEDIAN: CarSettings = CarSettings { median: true };
@@ -243,6 +213,30 @@ fn error_bad_chunks() {
             assert_eq!(
                 op.process(x.view()).expect("good"),
                 Array2::<f32>::zeros((10, 7))
+            );
+        }
+    }
+}
+
+#[test]
+fn process_into_equals_process() {
+    let mut r = Pcg64::seed_from_u64(77);
+    let x = Array2::from_shape_simple_fn((37, 13), || r.random_range(-50.0f32..50.0));
+    for (name, e) in engines() {
+        for st in [MEAN, MEDIAN] {
+            let mut car = CommonAverage::new(&e, st).expect("car");
+            let want = car.process(x.view()).expect("process");
+            let mut out = Array2::<f32>::zeros(x.dim());
+            car.process_into(x.view(), out.view_mut())
+                .expect("process_into");
+            assert_eq!(out, want, "{name} {st:?}");
+            let mut wrong = Array2::<f32>::zeros((37, 12));
+            assert!(
+                matches!(
+                    car.process_into(x.view(), wrong.view_mut()),
+                    Err(Error::Shape { .. })
+                ),
+                "{name}"
             );
         }
     }

@@ -230,6 +230,17 @@ impl Reference {
         }
     }
 
+    /// Writes the re-referenced `x` into `out` and returns `true`, or returns `false` (and
+    /// leaves `out` alone) when there is no reference.
+    fn host_into(&mut self, x: ArrayView2<'_, f32>, out: ArrayViewMut2<'_, f32>) -> Result<bool> {
+        match self {
+            Reference::Lrr(l) => l.transform_into(x, out)?,
+            Reference::Car(c) => c.process_into(x, out)?,
+            Reference::None => return Ok(false),
+        }
+        Ok(true)
+    }
+
     fn device(&mut self, x: DeviceArray) -> Result<DeviceArray> {
         match self {
             Reference::Lrr(l) => l.transform_device(&x),
@@ -551,18 +562,11 @@ impl Chain {
             None => chunk.view(),
         };
         lap(&mut self.times.filter);
-        let owned;
-        let referenced = match &mut self.reference {
-            Reference::Lrr(l) => {
-                let mut fb = ArrayViewMut2::from_shape((n, c), &mut b[..len]).map_err(shape_err)?;
-                l.transform_into(filtered, fb.view_mut())?;
-                ArrayView2::from_shape((n, c), &b[..len]).map_err(shape_err)?
-            }
-            Reference::Car(car) => {
-                owned = car.process(filtered)?;
-                owned.view()
-            }
-            Reference::None => filtered,
+        let fb = ArrayViewMut2::from_shape((n, c), &mut b[..len]).map_err(shape_err)?;
+        let referenced = if self.reference.host_into(filtered, fb)? {
+            ArrayView2::from_shape((n, c), &b[..len]).map_err(shape_err)?
+        } else {
+            filtered
         };
         lap(&mut self.times.reference);
         let events = self.detect.process(referenced)?;

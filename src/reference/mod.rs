@@ -29,7 +29,7 @@
 mod cpu;
 mod gpu;
 
-use ndarray::{Array2, ArrayView2};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -123,6 +123,36 @@ impl CommonAverage {
             }
             EngineState::Gpu(g) => g.process_host(chunk),
         }
+    }
+
+    /// [`CommonAverage::process`] into `out` (the chunk's shape): the CPU engine writes it
+    /// directly, allocating nothing.
+    ///
+    /// # Errors
+    /// As [`CommonAverage::process`], plus [`Error::Shape`] for an `out` of another shape.
+    pub fn process_into(
+        &mut self,
+        chunk: ArrayView2<'_, f32>,
+        mut out: ArrayViewMut2<'_, f32>,
+    ) -> Result<()> {
+        let (n, c) = chunk.dim();
+        if out.dim() != (n, c) {
+            return Err(Error::shape(
+                "out",
+                format!("{:?} (the chunk's shape)", (n, c)),
+                format!("{:?}", out.dim()),
+            ));
+        }
+        self.check_channels(c)?;
+        if n == 0 {
+            return Ok(());
+        }
+        check_finite(chunk)?;
+        match &mut self.engine {
+            EngineState::Cpu(s) => s.run(self.settings.median, chunk, out),
+            EngineState::Gpu(g) => out.assign(&g.process_host(chunk)?),
+        }
+        Ok(())
     }
 
     /// Re-references an `f32` `(samples, channels)` chunk already on the device into a new
