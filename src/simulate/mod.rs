@@ -302,9 +302,7 @@ pub fn run(engine: &Engine, settings: &SimSettings, chain: ChainSettings) -> Res
             chunk_seconds.push(t.elapsed().as_secs_f64());
             out
         } else {
-            let mut view = buf.slice_mut(s![..n, ..]);
-            view.fill(0.0);
-            synth.fill(at, view);
+            synth.fill(at, buf.slice_mut(s![..n, ..]));
             times.synthesis += t.elapsed().as_secs_f64();
             let t = Instant::now();
             let out = chain.process(buf.slice(s![..n, ..]))?;

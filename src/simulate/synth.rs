@@ -184,22 +184,24 @@ impl Synthesizer {
     /// sample `u64::MAX` get the noise of the samples counted from 0 again, and no spikes.
     pub fn fill(&self, start: u64, mut out: ArrayViewMut2<'_, f32>) {
         let n = out.nrows();
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |p| p.get())
-            .clamp(1, 8);
-        let per = n.div_ceil(threads).max(1024);
-        std::thread::scope(|scope| {
-            let mut rest = out.view_mut();
-            let mut at = 0usize;
-            while at < n {
-                let len = per.min(n - at);
-                let (head, tail) = rest.split_at(Axis(0), len);
-                rest = tail;
-                let first = start.wrapping_add(at as u64);
-                scope.spawn(move || self.noise(first, head));
-                at += len;
-            }
-        });
+        let per = n.div_ceil(crate::engine::worker_threads()).max(1024);
+        if n <= per {
+            // One piece (every streaming chunk): no thread to start.
+            self.noise(start, out.view_mut());
+        } else {
+            std::thread::scope(|scope| {
+                let mut rest = out.view_mut();
+                let mut at = 0usize;
+                while at < n {
+                    let len = per.min(n - at);
+                    let (head, tail) = rest.split_at(Axis(0), len);
+                    rest = tail;
+                    let first = start.wrapping_add(at as u64);
+                    scope.spawn(move || self.noise(first, head));
+                    at += len;
+                }
+            });
+        }
         self.spikes(start, out);
     }
 
