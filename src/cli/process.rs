@@ -54,38 +54,28 @@ struct Outputs {
 }
 
 fn open_options(a: &ProcessArgs) -> Result<OpenOptions, CliError> {
-    let raw = match (&a.dtype, a.channels, a.fs) {
-        (Some(d), Some(c), Some(fs)) => {
-            let dtype = Dtype::from_str(d).map_err(|e| format!("--dtype: {e}"))?;
-            if c == 0 {
-                return Err("--channels: must be at least 1, got 0".into());
-            }
-            if !(fs.is_finite() && fs > 0.0) {
-                return Err(format!("--fs: must be finite and > 0, got {fs}"));
-            }
-            Some(RawFormat {
-                dtype,
-                channels: c,
-                fs,
-                uv_per_bit: a.uv_per_bit,
-            })
-        }
-        (None, None, _) => None,
-        _ => {
-            if let Some(d) = &a.dtype {
-                Dtype::from_str(d).map_err(|e| format!("--dtype: {e}"))?;
-            }
-            if a.channels == Some(0) {
-                return Err("--channels: must be at least 1, got 0".into());
-            }
-            return Err("a plain binary needs all of --dtype, --channels and --fs".into());
-        }
+    // Each flag is checked on its own first, so a bad value is named even when others are
+    // missing.
+    let dtype = match &a.dtype {
+        Some(d) => Some(Dtype::from_str(d).map_err(|e| format!("--dtype: {e}"))?),
+        None => None,
     };
-    if let Some(fs) = a.fs {
-        if !(fs.is_finite() && fs > 0.0) {
-            return Err(format!("--fs: must be finite and > 0, got {fs}"));
-        }
+    if a.channels == Some(0) {
+        return Err("--channels: must be at least 1, got 0".into());
     }
+    if let Some(fs) = a.fs.filter(|fs| !(fs.is_finite() && *fs > 0.0)) {
+        return Err(format!("--fs: must be finite and > 0, got {fs}"));
+    }
+    let raw = match (dtype, a.channels, a.fs) {
+        (Some(dtype), Some(channels), Some(fs)) => Some(RawFormat {
+            dtype,
+            channels,
+            fs,
+            uv_per_bit: a.uv_per_bit,
+        }),
+        (None, None, _) => None,
+        _ => return Err("a plain binary needs all of --dtype, --channels and --fs".into()),
+    };
     Ok(OpenOptions {
         raw,
         stream: a.stream.clone(),
