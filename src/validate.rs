@@ -49,6 +49,19 @@ pub(crate) fn non_finite_in_row(chunk: ArrayView2<'_, f32>, row: usize) -> Error
     }
 }
 
+/// [`Error::Shape`] unless an `_into` call's `out` has the chunk's shape.
+pub(crate) fn check_out_shape(chunk: (usize, usize), out: (usize, usize)) -> Result<()> {
+    if out == chunk {
+        Ok(())
+    } else {
+        Err(Error::shape(
+            "out",
+            format!("{chunk:?} (the chunk's shape)"),
+            format!("{out:?}"),
+        ))
+    }
+}
+
 /// The `(samples, channels)` of a device chunk: [`Error::Shape`] unless it has rank 2.
 pub(crate) fn device_chunk_dims(chunk: &DeviceArray) -> Result<(usize, usize)> {
     match *chunk.shape() {

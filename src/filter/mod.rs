@@ -78,7 +78,7 @@ use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::gpu::{DeviceArray, SameShapeKernel};
-use crate::validate::{check_finite, f32_device_chunk, needs_gpu};
+use crate::validate::{check_finite, check_out_shape, f32_device_chunk, needs_gpu};
 use design::C64;
 
 /// Most sections a filter may have (a band-pass up to order 32).
@@ -392,13 +392,7 @@ impl BandpassFilter {
         mut out: ArrayViewMut2<'_, f32>,
     ) -> Result<()> {
         let (n, c) = chunk.dim();
-        if out.dim() != (n, c) {
-            return Err(Error::shape(
-                "out",
-                format!("{:?} (the chunk's shape)", (n, c)),
-                format!("{:?}", out.dim()),
-            ));
-        }
+        check_out_shape((n, c), out.dim())?;
         self.check_shape(c)?;
         if n == 0 {
             return Ok(());

@@ -95,7 +95,7 @@ use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::gpu::DeviceArray;
-use crate::validate::needs_gpu;
+use crate::validate::{check_out_shape, needs_gpu};
 
 /// Largest magnitude accepted in `partial_fit`/`fit` (its square stays far inside `f32`).
 pub const MAX_ABS_VALUE: f32 = 1e15;
@@ -827,13 +827,7 @@ impl Lrr {
         chunk: ArrayView2<'_, f32>,
         mut out: ArrayViewMut2<'_, f32>,
     ) -> Result<()> {
-        if out.dim() != chunk.dim() {
-            return Err(Error::shape(
-                "out",
-                format!("{:?} (the chunk's shape)", chunk.dim()),
-                format!("{:?}", out.dim()),
-            ));
-        }
+        check_out_shape(chunk.dim(), out.dim())?;
         let nc = chunk.ncols();
         self.check_transform_channels(nc)?;
         self.refresh(false)?;
