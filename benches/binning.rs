@@ -132,6 +132,8 @@ fn latency(_c: &mut Criterion) {
             let p = |q: f64| t[((t.len() - 1) as f64 * q) as usize];
             let mean: Duration = t.iter().sum::<Duration>() / t.len() as u32;
             let rtf = (chunk as f64 / FS) / mean.as_secs_f64();
+            support::record(&format!("binning/dense/{name}/{chunk}/p50"), p(0.5));
+            support::record(&format!("binning/dense/{name}/{chunk}/p99"), p(0.99));
             println!(
                 "| {name} | {} ms | {:.1} µs | {:.1} µs | {:.0}× |",
                 chunk as f64 / 30.0,

@@ -21,11 +21,14 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ndarray::Array2;
-use neurokernels::chain::{percentiles, Chain, ChainSettings};
+use neurokernels::chain::{percentiles, Chain, ChainOutput, ChainSettings};
 use neurokernels::recording::{Dtype, OpenOptions, RawFormat, Recording};
 use neurokernels::{Engine, LrrSettings};
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64;
+
+#[path = "../tests/support/counting_alloc.rs"]
+mod counting_alloc;
 
 const FS: f64 = 30_000.0;
 const NC: usize = 384;
@@ -96,18 +99,31 @@ fn calibrate(e: &Engine, rec: &Recording, profile: bool) -> Chain {
     Chain::calibrate(e, settings(profile), FS, w.view(), 0).expect("calibrate")
 }
 
-/// Streams the whole recording in chunks of `chunk` rows; returns per-chunk compute times.
-fn stream(chain: &mut Chain, rec: &Recording, chunk: usize, buf: &mut Array2<f32>) -> Vec<f64> {
-    let mut times = Vec::new();
+/// Streams the whole recording in chunks of `chunk` rows into `out` (reused); returns
+/// per-chunk compute times (into `times`, reused) and the heap allocations made inside the
+/// chain's calls.
+fn stream(
+    chain: &mut Chain,
+    rec: &Recording,
+    chunk: usize,
+    buf: &mut Array2<f32>,
+    out: &mut ChainOutput,
+    times: &mut Vec<f64>,
+) -> u64 {
+    times.clear();
+    let mut allocs = 0;
     let mut at = 0;
     while at + chunk <= rec.n_samples() {
         rec.read_chunk(at, buf).expect("read");
+        let a0 = counting_alloc::allocations();
         let t = Instant::now();
-        black_box(chain.process(buf.view()).expect("chunk"));
+        chain.process_into(buf.view(), out).expect("chunk");
         times.push(t.elapsed().as_secs_f64());
+        allocs += counting_alloc::allocations() - a0;
+        black_box(&*out);
         at += chunk;
     }
-    times
+    allocs
 }
 
 fn throughput(c: &mut Criterion) {
@@ -121,8 +137,9 @@ fn throughput(c: &mut Criterion) {
     for (name, e) in engines() {
         let mut chain = calibrate(&e, &rec, false);
         let mut buf = Array2::<f32>::zeros((600, NC));
+        let (mut out, mut times) = (ChainOutput::default(), Vec::new());
         g.bench_function(BenchmarkId::from_parameter(name), |b| {
-            b.iter(|| stream(&mut chain, &rec, 600, &mut buf))
+            b.iter(|| stream(&mut chain, &rec, 600, &mut buf, &mut out, &mut times))
         });
     }
     g.finish();
@@ -132,20 +149,28 @@ fn latency(_c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let rec = recording(dir.path());
     println!("\nthe chain, {NC} channels at 30 kHz, int16 input, {SECONDS} s streamed");
-    println!("| engine | chunk | p50 | p99 | end-to-end real-time factor (reading included) |");
-    println!("| --- | --- | ---: | ---: | ---: |");
+    println!(
+        "| engine | chunk | p50 | p99 | end-to-end real-time factor (reading included) | heap allocations per chunk (warm) |"
+    );
+    println!("| --- | --- | ---: | ---: | ---: | ---: |");
     let engines = engines();
     for (name, e) in &engines {
         for chunk in [30usize, 600] {
             let mut chain = calibrate(e, &rec, false);
             let mut buf = Array2::<f32>::zeros((chunk, NC));
-            stream(&mut chain, &rec, chunk, &mut buf); // warm-up pass
+            let (mut out, mut times) = (ChainOutput::default(), Vec::new());
+            stream(&mut chain, &rec, chunk, &mut buf, &mut out, &mut times); // warm-up pass
             let t = Instant::now();
-            let times = stream(&mut chain, &rec, chunk, &mut buf);
+            let allocs = stream(&mut chain, &rec, chunk, &mut buf, &mut out, &mut times);
             let wall = t.elapsed().as_secs_f64();
-            let (p50, p99) = percentiles(times);
+            let per_chunk = allocs as f64 / times.len() as f64;
+            support::record_secs(&format!("chain/{name}/{chunk}/allocs_per_chunk"), per_chunk);
+            let (p50, p99) = percentiles(times.clone());
+            support::record_secs(&format!("chain/{name}/{chunk}/p50"), p50);
+            support::record_secs(&format!("chain/{name}/{chunk}/p99"), p99);
+            support::record_secs(&format!("chain/{name}/{chunk}/wall"), wall);
             println!(
-                "| {name} | {} ms | {:.0} µs | {:.0} µs | {:.1}× |",
+                "| {name} | {} ms | {:.0} µs | {:.0} µs | {:.1}× | {per_chunk:.1} |",
                 chunk as f64 / 30.0,
                 p50 * 1e6,
                 p99 * 1e6,
@@ -157,7 +182,8 @@ fn latency(_c: &mut Criterion) {
     for (name, e) in &engines {
         let mut chain = calibrate(e, &rec, true);
         let mut buf = Array2::<f32>::zeros((600, NC));
-        stream(&mut chain, &rec, 600, &mut buf);
+        let (mut out, mut times) = (ChainOutput::default(), Vec::new());
+        stream(&mut chain, &rec, 600, &mut buf, &mut out, &mut times);
         println!("{name}:\n{}", chain.stage_times().table(SECONDS));
         let d = chain.algorithmic_delay();
         println!(

@@ -141,6 +141,8 @@ fn table(_c: &mut Criterion) {
                 reps,
             );
             let rate = (B * n) as f64 / tuc.as_secs_f64() / 1e6;
+            support::record(&format!("classifier/{name}/{n}/update+classify"), tuc);
+            support::record(&format!("classifier/{name}/{n}/forward"), tf);
             println!(
                 "| {name} | {n} | {} | {} | {} | {} | {rate:.0} |",
                 ms(tu),
@@ -172,6 +174,11 @@ fn table(_c: &mut Criterion) {
                     reps,
                 );
                 let rate = (B * n) as f64 / tuc.as_secs_f64() / 1e6;
+                support::record(
+                    &format!("classifier/{name}/{n}/device/update+classify"),
+                    tuc,
+                );
+                support::record(&format!("classifier/{name}/{n}/device/forward"), tf);
                 println!(
                     "| {name} (device inputs) | {n} | {} | {} | {} | {} | {rate:.0} |",
                     ms(tu),

@@ -21,6 +21,8 @@ use neurokernels::{DeviceArray, Engine, GpuOptions};
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64;
 
+mod support;
+
 const CHUNK: usize = 30_000;
 const N_CHUNKS: usize = 10;
 
@@ -35,6 +37,7 @@ fn engines() -> Vec<(&'static str, Engine)> {
         let gpu = Engine::gpu(&GpuOptions::software_ok())
             .expect("benches need a GPU adapter (set WGPU_BACKEND)");
         eprintln!("GPU engine: {}", gpu.describe());
+        support::note("adapter", &gpu.describe());
         out.push(("gpu", gpu));
     }
     out
@@ -382,6 +385,8 @@ fn summary(_c: &mut Criterion) {
             }
             t.sort();
             let p = |q: f64| t[((t.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6;
+            support::record_secs(&format!("lrr/stream/{name}/{every}/p50"), p(0.5) * 1e-6);
+            support::record_secs(&format!("lrr/stream/{name}/{every}/p99"), p(0.99) * 1e-6);
             println!(
                 "| {name} | {every} | {n} | {:.1} µs | {:.1} µs | {:.1} µs |",
                 p(0.5),

@@ -76,3 +76,81 @@ pub(crate) fn worker_threads() -> usize {
             .clamp(1, 16)
     })
 }
+
+/// The CPU engine's worker pool ([`worker_threads`] threads, started on first use), or
+/// `None` when the threads could not be started (work then runs on the calling thread).
+fn pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(worker_threads())
+            .thread_name(|i| format!("neurokernels-{i}"))
+            .build()
+            .ok()
+    })
+    .as_ref()
+}
+
+/// How [`par_rows`] splits its rows: `row_len` elements of the output per row, at most
+/// `parts` pieces, piece starts at multiples of `align` rows.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Split {
+    pub row_len: usize,
+    pub parts: usize,
+    pub align: usize,
+}
+
+/// Runs `f(range, rows)` over `rows` split as `split` says, each call getting its own rows
+/// of `out`. The pieces run on the worker pool by recursive halving (`rayon::join`): the
+/// pool's threads persist, and a warm call allocates nothing.
+pub(crate) fn par_rows<T: Send>(
+    rows: std::ops::Range<usize>,
+    out: &mut [T],
+    split: Split,
+    f: &(dyn Fn(std::ops::Range<usize>, &mut [T]) + Sync),
+) {
+    let align = split.align.max(1);
+    let parts = split.parts.min(rows.len().div_ceil(align));
+    if parts <= 1 {
+        return f(rows, out);
+    }
+    let Some(pool) = pool() else {
+        return f(rows, out);
+    };
+    let split = Split {
+        parts,
+        align,
+        ..split
+    };
+    pool.install(|| halve(rows, out, split, f));
+}
+
+/// [`par_rows`] inside the pool.
+fn halve<T: Send>(
+    rows: std::ops::Range<usize>,
+    out: &mut [T],
+    split: Split,
+    f: &(dyn Fn(std::ops::Range<usize>, &mut [T]) + Sync),
+) {
+    if split.parts <= 1 {
+        return f(rows, out);
+    }
+    let blocks = rows.len().div_ceil(split.align);
+    let left = split.parts / 2;
+    let mid = (rows.start + (blocks * left / split.parts) * split.align).min(rows.end);
+    let (lo, hi) = out.split_at_mut(((mid - rows.start) * split.row_len).min(out.len()));
+    let (l, r) = (
+        Split {
+            parts: left,
+            ..split
+        },
+        Split {
+            parts: split.parts - left,
+            ..split
+        },
+    );
+    rayon::join(
+        || halve(rows.start..mid, lo, l, f),
+        || halve(mid..rows.end, hi, r, f),
+    );
+}

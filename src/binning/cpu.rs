@@ -272,10 +272,10 @@ pub(crate) fn sparse(
     jt: &JumpTable,
     plan: &Plan,
     b: &Buckets,
-    nc: usize,
-) -> Array2<f32> {
+    out: &mut Array2<f32>,
+) {
+    let nc = out.ncols();
     st.ensure(nc);
-    let mut out = Array2::<f32>::zeros((plan.n_bins, nc));
     for c in 0..nc {
         let ev = b.offsets[c]..b.offsets[c + 1];
         let (rel, val) = (&b.rel[ev.clone()], &b.value[ev]);
@@ -326,5 +326,4 @@ pub(crate) fn sparse(
             }
         }
     }
-    out
 }

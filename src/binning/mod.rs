@@ -132,8 +132,9 @@ impl Default for BinningSettings {
     }
 }
 
-/// Bins emitted by one chunk, on the host.
-#[derive(Debug, Clone, PartialEq)]
+/// Bins emitted by one chunk, on the host. The default holds no bins (for the `_into`
+/// calls, which reuse its buffers).
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Binned {
     /// Index of the first bin in `values` (bins since the stream began).
     pub first_bin: u64,
@@ -259,6 +260,17 @@ pub struct BinnedActivation {
     /// First bin not yet emitted.
     next_bin: u64,
     engine: EngineState,
+    /// Buffers the event path reuses from chunk to chunk.
+    scratch: Scratch,
+}
+
+/// What the event path reuses from chunk to chunk, so a warm stream allocates nothing.
+#[derive(Debug, Default)]
+struct Scratch {
+    segments: Vec<Segment>,
+    buckets: Buckets,
+    fill: Vec<usize>,
+    order: Vec<usize>,
 }
 
 #[derive(Debug)]
@@ -333,6 +345,7 @@ impl BinnedActivation {
             pos: 0,
             next_bin: 0,
             engine: state,
+            scratch: Scratch::default(),
         })
     }
 
@@ -392,6 +405,12 @@ impl BinnedActivation {
 
     /// The bins completed by a chunk of `n` samples, and its segments.
     fn plan(&self, n: u64) -> Result<Plan> {
+        self.plan_in(n, Vec::new())
+    }
+
+    /// [`Self::plan`] with its segments written into `segments` (cleared first).
+    fn plan_in(&self, n: u64, mut segments: Vec<Segment>) -> Result<Plan> {
+        segments.clear();
         if n > u32::MAX as u64 {
             return Err(Error::shape(
                 "chunk",
@@ -404,7 +423,6 @@ impl BinnedActivation {
             .checked_add(n)
             .filter(|e| e.checked_add(self.settings.first_sample).is_some())
             .ok_or_else(|| Error::PositionOverflow("stream position".into()))?;
-        let mut segments = Vec::new();
         let mut k = self.next_bin;
         loop {
             let b0 = self.edges.edge(k)?;
@@ -445,9 +463,19 @@ impl BinnedActivation {
     }
 
     fn timestamps(&self, plan: &Plan) -> Vec<f64> {
-        (0..plan.n_bins as u64)
-            .map(|i| self.settings.t0 + (plan.first_bin + i) as f64 * self.settings.bin_duration)
-            .collect()
+        let mut ts = Vec::new();
+        self.timestamps_into(plan, &mut ts);
+        ts
+    }
+
+    /// [`Self::timestamps`] into `ts` (cleared first).
+    fn timestamps_into(&self, plan: &Plan, ts: &mut Vec<f64>) {
+        ts.clear();
+        ts.extend(
+            (0..plan.n_bins as u64).map(|i| {
+                self.settings.t0 + (plan.first_bin + i) as f64 * self.settings.bin_duration
+            }),
+        );
     }
 
     fn commit(&mut self, n: u64, plan: &Plan, n_channels: usize) {
@@ -547,6 +575,21 @@ impl BinnedActivation {
         n_samples: usize,
         n_channels: usize,
     ) -> Result<Binned> {
+        let mut out = Binned::default();
+        self.process_events_into(events, n_samples, n_channels, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Self::process_events`] writing the bins into `out`, whose buffers are reused: a warm
+    /// stream of chunks of at most 2²⁰ samples allocates nothing. On an error the stream's
+    /// state is unchanged and `out` holds no bins of this chunk.
+    pub fn process_events_into(
+        &mut self,
+        events: &[Event],
+        n_samples: usize,
+        n_channels: usize,
+        out: &mut Binned,
+    ) -> Result<()> {
         self.check_channels(n_channels)?;
         let start = self.position();
         let end = start
@@ -586,7 +629,7 @@ impl BinnedActivation {
         // The chunk's length only bounds the work through its bins: a very long sparse chunk
         // runs as consecutive sub-chunks (the output does not depend on the chunking).
         if n_samples as u64 <= SPARSE_SUBCHUNK {
-            return self.events_unchecked(events, n_samples, n_channels);
+            return self.events_unchecked(events, n_samples, n_channels, out);
         }
         self.plan(0)?; // position checks
         let mut sorted: Vec<Event> = events.to_vec();
@@ -595,23 +638,22 @@ impl BinnedActivation {
         let (mut values, mut timestamps) = (Vec::new(), Vec::new());
         let mut at = 0usize;
         let mut done = 0u64;
+        let mut b = Binned::default();
         while done < n_samples as u64 {
             let len = (n_samples as u64 - done).min(SPARSE_SUBCHUNK);
             let sub_end = start + done + len;
             let k = at + sorted[at..].partition_point(|e| e.sample < sub_end);
-            let b = self.events_unchecked(&sorted[at..k], len as usize, n_channels)?;
+            self.events_unchecked(&sorted[at..k], len as usize, n_channels, &mut b)?;
             values.extend(b.values.iter().copied());
-            timestamps.extend(b.timestamps);
+            timestamps.extend_from_slice(&b.timestamps);
             at = k;
             done += len;
         }
-        let values = Array2::from_shape_vec((timestamps.len(), n_channels), values)
+        out.values = Array2::from_shape_vec((timestamps.len(), n_channels), values)
             .map_err(|e| Error::shape("bins", "rows × channels", e.to_string()))?;
-        Ok(Binned {
-            first_bin,
-            values,
-            timestamps,
-        })
+        out.first_bin = first_bin;
+        out.timestamps = timestamps;
+        Ok(())
     }
 
     /// [`Self::process_events`] after validation, for a chunk of at most
@@ -621,25 +663,42 @@ impl BinnedActivation {
         events: &[Event],
         n_samples: usize,
         n_channels: usize,
-    ) -> Result<Binned> {
-        let plan = self.plan(n_samples as u64)?;
+        out: &mut Binned,
+    ) -> Result<()> {
+        let segments = std::mem::take(&mut self.scratch.segments);
+        let plan = self.plan_in(n_samples as u64, segments)?;
         let start = self.position();
-        let buckets = bucket_events(events, n_channels, start);
-        let values = match &mut self.engine {
+        let sc = &mut self.scratch;
+        bucket_events(
+            events,
+            n_channels,
+            start,
+            &mut sc.buckets,
+            &mut sc.fill,
+            &mut sc.order,
+        );
+        match &mut self.engine {
             EngineState::Cpu(s) => {
-                cpu::sparse(s, &self.params, &self.jumps, &plan, &buckets, n_channels)
+                zeroed(&mut out.values, (plan.n_bins, n_channels))?;
+                cpu::sparse(
+                    s,
+                    &self.params,
+                    &self.jumps,
+                    &plan,
+                    &sc.buckets,
+                    &mut out.values,
+                );
             }
             EngineState::Gpu(g) => {
-                g.sparse_host(&plan, &buckets, n_channels, self.params.scale_by_value)?
+                out.values =
+                    g.sparse_host(&plan, &sc.buckets, n_channels, self.params.scale_by_value)?
             }
         };
-        let ts = self.timestamps(&plan);
+        self.timestamps_into(&plan, &mut out.timestamps);
+        out.first_bin = plan.first_bin;
         self.commit(n_samples as u64, &plan, n_channels);
-        Ok(Binned {
-            first_bin: plan.first_bin,
-            values,
-            timestamps: ts,
-        })
+        self.scratch.segments = plan.segments;
+        Ok(())
     }
 
     /// Processes events already on the device (e.g. threshold crossing's output), leaving
@@ -702,16 +761,27 @@ pub(crate) struct Buckets {
     pub value: Vec<f32>,
 }
 
-pub(crate) fn bucket_events(events: &[Event], n_channels: usize, chunk_start: u64) -> Buckets {
-    let mut offsets = vec![0usize; n_channels + 1];
+pub(crate) fn bucket_events(
+    events: &[Event],
+    n_channels: usize,
+    chunk_start: u64,
+    out: &mut Buckets,
+    fill: &mut Vec<usize>,
+    order: &mut Vec<usize>,
+) {
+    let offsets = &mut out.offsets;
+    offsets.clear();
+    offsets.resize(n_channels + 1, 0);
     for e in events {
         offsets[e.channel as usize + 1] += 1;
     }
     for c in 0..n_channels {
         offsets[c + 1] += offsets[c];
     }
-    let mut fill = offsets.clone();
-    let mut order = vec![0usize; events.len()];
+    fill.clear();
+    fill.extend_from_slice(offsets);
+    order.clear();
+    order.resize(events.len(), 0);
     for (i, e) in events.iter().enumerate() {
         let c = e.channel as usize;
         order[fill[c]] = i;
@@ -720,12 +790,22 @@ pub(crate) fn bucket_events(events: &[Event], n_channels: usize, chunk_start: u6
     for c in 0..n_channels {
         order[offsets[c]..offsets[c + 1]].sort_by_key(|&i| events[i].sample);
     }
-    Buckets {
-        rel: order
+    out.rel.clear();
+    out.rel.extend(
+        order
             .iter()
-            .map(|&i| (events[i].sample - chunk_start) as u32)
-            .collect(),
-        value: order.iter().map(|&i| events[i].value).collect(),
-        offsets,
-    }
+            .map(|&i| (events[i].sample - chunk_start) as u32),
+    );
+    out.value.clear();
+    out.value.extend(order.iter().map(|&i| events[i].value));
+}
+
+/// Makes `a` a zeroed `shape` array, reusing its allocation where it is large enough.
+fn zeroed(a: &mut Array2<f32>, shape: (usize, usize)) -> Result<()> {
+    let (mut v, _) = std::mem::take(a).into_raw_vec_and_offset();
+    v.clear();
+    v.resize(shape.0 * shape.1, 0.0);
+    *a = Array2::from_shape_vec(shape, v)
+        .map_err(|e| Error::shape("bins", "rows × channels", e.to_string()))?;
+    Ok(())
 }

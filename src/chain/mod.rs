@@ -191,8 +191,9 @@ pub struct AlgorithmicDelay {
     pub bin: f64,
 }
 
-/// One chunk's outputs.
-#[derive(Debug, Clone, PartialEq)]
+/// One chunk's outputs. The default holds nothing (for [`Chain::process_into`], which
+/// reuses its buffers).
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ChainOutput {
     /// Events resolved by this chunk (absolute samples, sorted by sample then channel).
     pub events: Vec<Event>,
@@ -464,7 +465,25 @@ impl Chain {
     /// Before any state changes: [`Error::Shape`] for another channel count,
     /// [`Error::NonFinite`] naming the first NaN or ±inf; device errors (see the module docs).
     pub fn process(&mut self, chunk: ArrayView2<'_, f32>) -> Result<ChainOutput> {
+        let mut out = ChainOutput::default();
+        self.process_into(chunk, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Chain::process`] writing into `out`, whose buffers are reused from chunk to chunk:
+    /// on the CPU engine a warm stream allocates nothing per chunk (`tests/alloc.rs` counts).
+    /// On an error every stage's state is unchanged and `out` holds nothing of this chunk.
+    ///
+    /// # Errors
+    /// As [`Chain::process`].
+    pub fn process_into(
+        &mut self,
+        chunk: ArrayView2<'_, f32>,
+        out: &mut ChainOutput,
+    ) -> Result<()> {
         let t0 = Instant::now();
+        out.events.clear();
+        out.bins.timestamps.clear();
         let (n, c) = chunk.dim();
         if c != self.n_channels {
             return Err(Error::shape(
@@ -474,12 +493,12 @@ impl Chain {
             ));
         }
         check_finite(chunk)?;
-        let out = match self.engine.clone() {
-            Engine::Gpu(ctx) => self.process_gpu(&ctx, chunk, t0)?,
-            Engine::Cpu => self.process_cpu(chunk, n, t0)?,
+        match self.engine.clone() {
+            Engine::Gpu(ctx) => *out = self.process_gpu(&ctx, chunk, t0)?,
+            Engine::Cpu => self.process_cpu(chunk, n, t0, out)?,
         };
         self.times.chunks += 1;
-        Ok(out)
+        Ok(())
     }
 
     /// Processes one `f32` `(samples, channels)` chunk (µV) already on the device (GPU engine
@@ -534,7 +553,8 @@ impl Chain {
         chunk: ArrayView2<'_, f32>,
         n: usize,
         t0: Instant,
-    ) -> Result<ChainOutput> {
+        out: &mut ChainOutput,
+    ) -> Result<()> {
         let mut t = Instant::now();
         self.times.upload += t - t0;
         let mut lap = |slot: &mut Duration| {
@@ -569,11 +589,12 @@ impl Chain {
             filtered
         };
         lap(&mut self.times.reference);
-        let events = self.detect.process(referenced)?;
+        self.detect.process_into(referenced, &mut out.events)?;
         lap(&mut self.times.threshold);
-        let bins = self.bin.process_events(&events, n, self.n_channels)?;
+        self.bin
+            .process_events_into(&out.events, n, self.n_channels, &mut out.bins)?;
         lap(&mut self.times.binning);
-        Ok(ChainOutput { events, bins })
+        Ok(())
     }
 
     fn process_gpu(

@@ -22,6 +22,11 @@ const T_ROWS: usize = 96;
 /// any `|x| > 1e15` puts `x² > 1e30` on the diagonal.
 const SUSPICIOUS_DIAGONAL: f64 = 1e30;
 
+thread_local! {
+    /// Each thread's transform panels, kept between chunks.
+    static PANELS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Splits `0..n` into at most `parts` ranges whose starts are multiples of `align`.
 fn split_rows(n: usize, parts: usize, align: usize) -> Vec<Range<usize>> {
     let blocks = n.div_ceil(align);
@@ -284,27 +289,13 @@ impl CpuLrr {
         } else {
             1
         };
-        let ranges = split_rows(rows, threads, T_ROWS);
-        if ranges.len() <= 1 {
-            self.transform_rows(layout, x, nc, 0..rows, out);
-            return;
-        }
-        std::thread::scope(|s| {
-            let mut rest: &mut [f32] = out;
-            let mut jobs = Vec::new();
-            for r in &ranges {
-                let (head, tail) = rest.split_at_mut((r.end - r.start) * nc);
-                rest = tail;
-                jobs.push((r.clone(), head));
-            }
-            let mut jobs = jobs.into_iter();
-            let first = jobs.next();
-            for (r, o) in jobs {
-                s.spawn(move || self.transform_rows(layout, x, nc, r, o));
-            }
-            if let Some((r, o)) = first {
-                self.transform_rows(layout, x, nc, r, o);
-            }
+        let split = crate::engine::Split {
+            row_len: nc,
+            parts: threads,
+            align: T_ROWS,
+        };
+        crate::engine::par_rows(0..rows, out, split, &|r, o| {
+            self.transform_rows(layout, x, nc, r, o)
         });
     }
 
@@ -325,67 +316,71 @@ impl CpuLrr {
             .map(|c| pad(c.len()))
             .max()
             .unwrap_or(TC);
-        let mut xp = vec![0f32; T_ROWS * kmax];
-        let mut yp = vec![0f32; T_ROWS * kmax];
-        let mut r0 = range.start;
-        while r0 < range.end {
-            let rows = T_ROWS.min(range.end - r0);
-            let o0 = r0 - range.start;
-            for (ci, members) in layout.clusters.iter().enumerate() {
-                let k = members.len();
-                let kp = pad(k);
-                let m0 = members[0];
-                let contiguous = members[k - 1] - m0 == k - 1;
-                if contiguous && kp == k {
-                    prefetch_rows(x, (r0 + T_ROWS) * nc + m0, nc, T_ROWS, k, false);
-                    prefetch_rows(out, (o0 + T_ROWS) * nc + m0, nc, T_ROWS, k, true);
-                    gemm_rows(
-                        &x[r0 * nc + m0..],
-                        nc,
-                        &self.m[ci],
-                        &mut out[o0 * nc + m0..],
-                        nc,
-                        rows,
-                        kp,
-                        k,
-                    );
-                    continue;
-                }
-                for r in 0..rows {
-                    let src = &x[(r0 + r) * nc..(r0 + r + 1) * nc];
-                    let dst = &mut xp[r * kp..r * kp + k];
-                    if contiguous {
-                        dst.copy_from_slice(&src[m0..m0 + k]);
-                    } else {
-                        for (d, &m) in dst.iter_mut().zip(members) {
-                            *d = src[m];
+        PANELS.with_borrow_mut(|panels| {
+            if panels.len() < 2 * T_ROWS * kmax {
+                panels.resize(2 * T_ROWS * kmax, 0.0);
+            }
+            let (xp, yp) = panels.split_at_mut(T_ROWS * kmax);
+            let mut r0 = range.start;
+            while r0 < range.end {
+                let rows = T_ROWS.min(range.end - r0);
+                let o0 = r0 - range.start;
+                for (ci, members) in layout.clusters.iter().enumerate() {
+                    let k = members.len();
+                    let kp = pad(k);
+                    let m0 = members[0];
+                    let contiguous = members[k - 1] - m0 == k - 1;
+                    if contiguous && kp == k {
+                        prefetch_rows(x, (r0 + T_ROWS) * nc + m0, nc, T_ROWS, k, false);
+                        prefetch_rows(out, (o0 + T_ROWS) * nc + m0, nc, T_ROWS, k, true);
+                        gemm_rows(
+                            &x[r0 * nc + m0..],
+                            nc,
+                            &self.m[ci],
+                            &mut out[o0 * nc + m0..],
+                            nc,
+                            rows,
+                            kp,
+                            k,
+                        );
+                        continue;
+                    }
+                    for r in 0..rows {
+                        let src = &x[(r0 + r) * nc..(r0 + r + 1) * nc];
+                        let dst = &mut xp[r * kp..r * kp + k];
+                        if contiguous {
+                            dst.copy_from_slice(&src[m0..m0 + k]);
+                        } else {
+                            for (d, &m) in dst.iter_mut().zip(members) {
+                                *d = src[m];
+                            }
+                        }
+                    }
+                    gemm_rows(xp, kp, &self.m[ci], yp, kp, rows, kp, k);
+                    for r in 0..rows {
+                        let dst = &mut out[(o0 + r) * nc..(o0 + r + 1) * nc];
+                        let src = &yp[r * kp..r * kp + k];
+                        if contiguous {
+                            dst[m0..m0 + k].copy_from_slice(src);
+                        } else {
+                            for (&v, &m) in src.iter().zip(members) {
+                                dst[m] = v;
+                            }
                         }
                     }
                 }
-                gemm_rows(&xp, kp, &self.m[ci], &mut yp, kp, rows, kp, k);
-                for r in 0..rows {
-                    let dst = &mut out[(o0 + r) * nc..(o0 + r + 1) * nc];
-                    let src = &yp[r * kp..r * kp + k];
-                    if contiguous {
-                        dst[m0..m0 + k].copy_from_slice(src);
-                    } else {
-                        for (&v, &m) in src.iter().zip(members) {
-                            dst[m] = v;
+                if !layout.passthrough.is_empty() {
+                    for r in 0..rows {
+                        let src = &x[(r0 + r) * nc..(r0 + r + 1) * nc];
+                        let dst = &mut out[(o0 + r) * nc..(o0 + r + 1) * nc];
+                        for &ch in &layout.passthrough {
+                            dst[ch] = src[ch];
                         }
                     }
                 }
+                r0 += rows;
             }
-            if !layout.passthrough.is_empty() {
-                for r in 0..rows {
-                    let src = &x[(r0 + r) * nc..(r0 + r + 1) * nc];
-                    let dst = &mut out[(o0 + r) * nc..(o0 + r + 1) * nc];
-                    for &ch in &layout.passthrough {
-                        dst[ch] = src[ch];
-                    }
-                }
-            }
-            r0 += rows;
-        }
+        });
     }
 }
 

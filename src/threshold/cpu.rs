@@ -169,7 +169,8 @@ pub(crate) fn process<'a>(
     thr: impl FnOnce() -> Cow<'a, [f64]>,
     chunk: ArrayView2<'_, f32>,
     start: u64,
-) -> Result<Vec<Event>, usize> {
+    events: &mut Vec<Event>,
+) -> Result<(), usize> {
     let (_, nc) = chunk.dim();
     if st.nc != nc {
         st.build(nc, &thr());
@@ -185,13 +186,14 @@ pub(crate) fn process<'a>(
     };
     let auto = p.alpha > 0.0;
     st.save(auto);
-    let mut events = Vec::new();
-    if let Err(row) = scan(st, p, flat, start, &mut events) {
+    events.clear();
+    if let Err(row) = scan(st, p, flat, start, events) {
         st.roll_back(auto);
+        events.clear();
         return Err(row);
     }
     events.sort_unstable_by_key(|e| (e.sample, e.channel));
-    Ok(events)
+    Ok(())
 }
 
 /// Scans the rows of `flat`; stops at the first row holding a non-finite sample and returns
@@ -651,20 +653,28 @@ mod tests {
             let (first, mut bad) = (chunk(40), chunk(50));
             bad[[47, 33]] = f32::NAN;
             let mut st = CpuState::default();
+            let mut ev = Vec::new();
             // The very first chunk, then a later one.
             assert_eq!(
-                process(&mut st, &p, || Cow::Borrowed(&thr), bad.view(), 0),
+                process(&mut st, &p, || Cow::Borrowed(&thr), bad.view(), 0, &mut ev),
                 Err(47)
             );
             let mut fresh = CpuState::default();
             fresh.build(nc, &thr);
             assert_eq!(state(&st), state(&fresh));
-            let n_ev = process(&mut st, &p, || Cow::Borrowed(&thr), first.view(), 0)
-                .unwrap()
-                .len();
+            process(
+                &mut st,
+                &p,
+                || Cow::Borrowed(&thr),
+                first.view(),
+                0,
+                &mut ev,
+            )
+            .unwrap();
+            let n_ev = ev.len();
             let before = state(&st);
             assert_eq!(
-                process(&mut st, &p, || Cow::Borrowed(&thr), bad.view(), 40),
+                process(&mut st, &p, || Cow::Borrowed(&thr), bad.view(), 40, &mut ev),
                 Err(47)
             );
             assert_eq!(state(&st), before, "peak {peak}, auto {auto}");

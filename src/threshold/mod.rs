@@ -478,11 +478,27 @@ impl ThresholdCrossing {
     /// order) NaN or ±inf, [`Error::PositionOverflow`] past sample `u64::MAX`. GPU errors
     /// (out of memory, device lost) leave the state as it was.
     pub fn process(&mut self, chunk: ArrayView2<'_, f32>) -> Result<Vec<Event>> {
+        let mut events = Vec::new();
+        self.process_into(chunk, &mut events)?;
+        Ok(events)
+    }
+
+    /// [`ThresholdCrossing::process`] writing the events into `events` (cleared first),
+    /// whose capacity is reused: on the CPU engine a warm stream allocates nothing. On an
+    /// error the state is unchanged and `events` is empty.
+    ///
+    /// # Errors
+    /// As [`ThresholdCrossing::process`].
+    pub fn process_into(
+        &mut self,
+        chunk: ArrayView2<'_, f32>,
+        events: &mut Vec<Event>,
+    ) -> Result<()> {
+        events.clear();
         let (n, c) = chunk.dim();
         self.check_shape(n, c)?;
-        let events = if n == 0 {
+        if n == 0 {
             check_finite(chunk)?;
-            Vec::new()
         } else {
             match &mut self.engine {
                 // The CPU engine checks finiteness in its own pass over the chunk and rolls
@@ -495,19 +511,20 @@ impl ThresholdCrossing {
                         || thresholds.for_channels(c),
                         chunk,
                         self.pos,
+                        events,
                     )
                     .map_err(|row| non_finite_in_row(chunk, row))?
                 }
                 EngineState::Gpu(g) => {
                     check_finite(chunk)?;
                     let thr = self.thresholds.for_channels(c);
-                    g.process_host(&self.params, &thr, chunk, self.pos)?
+                    *events = g.process_host(&self.params, &thr, chunk, self.pos)?;
                 }
             }
-        };
+        }
         self.pos += n as u64;
         self.n_channels = Some(c);
-        Ok(events)
+        Ok(())
     }
 
     /// Detects the events of an `f32` `(samples, channels)` chunk already on the device,
