@@ -164,7 +164,7 @@ fn latency(_c: &mut Criterion) {
             let allocs = stream(&mut chain, &rec, chunk, &mut buf, &mut out, &mut times);
             let wall = t.elapsed().as_secs_f64();
             let per_chunk = allocs as f64 / times.len() as f64;
-            support::record_secs(&format!("chain/{name}/{chunk}/allocs_per_chunk"), per_chunk);
+            support::record_count(&format!("chain/{name}/{chunk}/allocs_per_chunk"), per_chunk);
             let (p50, p99) = percentiles(times.clone());
             support::record_secs(&format!("chain/{name}/{chunk}/p50"), p50);
             support::record_secs(&format!("chain/{name}/{chunk}/p99"), p99);

@@ -154,3 +154,14 @@ fn halve<T: Send>(
         || halve(mid..rows.end, hi, r, f),
     );
 }
+
+/// `f(0), …, f(n − 1)` in order, computed on the worker pool when `n > 1`.
+pub(crate) fn par_map<R: Send>(n: usize, f: impl Fn(usize) -> R + Sync + Send) -> Vec<R> {
+    use rayon::prelude::*;
+    match pool() {
+        Some(pool) if n > 1 && worker_threads() > 1 => {
+            pool.install(|| (0..n).into_par_iter().map(f).collect())
+        }
+        _ => (0..n).map(f).collect(),
+    }
+}

@@ -54,7 +54,7 @@ fn unix_now() -> u64 {
 pub fn record_secs(key: &str, seconds: f64) {
     append(serde_json::json!({
         "key": key,
-        "seconds": seconds,
+        "value": seconds,
         "load": load_average(),
         "unix": unix_now(),
     }));
@@ -63,6 +63,11 @@ pub fn record_secs(key: &str, seconds: f64) {
 /// [`record_secs`] of a `Duration`.
 pub fn record(key: &str, d: Duration) {
     record_secs(key, d.as_secs_f64());
+}
+
+/// Records a count (e.g. heap allocations per chunk).
+pub fn record_count(key: &str, count: f64) {
+    record_secs(key, count);
 }
 
 /// Records a text fact (e.g. the adapter's name).

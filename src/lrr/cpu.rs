@@ -225,18 +225,13 @@ impl CpuLrr {
     /// Solves every cluster's weights from the current `C`; returns the clusters that used
     /// the pseudo-inverse.
     pub fn solve(&mut self, layout: &Layout, lambda: f64) -> Vec<usize> {
-        let mut singular = Vec::new();
-        let blocks: Vec<Vec<f64>> = (0..layout.clusters.len())
-            .map(|ci| {
-                let k = layout.clusters[ci].len();
-                let s = solve_cluster(&self.cluster_block(layout, ci), k, lambda);
-                if s.pinv {
-                    singular.push(ci);
-                }
-                s.w
-            })
-            .collect();
-        self.set_weights(layout, blocks);
+        // Clusters are independent: solved on the worker pool.
+        let solved = crate::engine::par_map(layout.clusters.len(), |ci| {
+            let k = layout.clusters[ci].len();
+            solve_cluster(&self.cluster_block(layout, ci), k, lambda)
+        });
+        let singular = (0..solved.len()).filter(|&ci| solved[ci].pinv).collect();
+        self.set_weights(layout, solved.into_iter().map(|s| s.w).collect());
         singular
     }
 

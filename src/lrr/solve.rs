@@ -56,17 +56,54 @@ pub(crate) fn solve_cluster(c: &[f64], k: usize, lambda: f64) -> Solved {
     }
     let diag: Vec<f64> = (0..k).map(|p| a[p * k + p]).collect();
     let scaled = a.clone();
+    let singular = !eliminate(&mut a, &diag, k);
+    let inv = if singular {
+        pseudo_inverse(&scaled, &diag, k)
+    } else {
+        a
+    };
+    Solved {
+        w: weights_from_inverse(&inv, &s, k),
+        pinv: singular,
+    }
+}
+
+/// Gauss–Jordan inversion of the equilibrated `a` (`k × k`) in place, skipping dead channels
+/// (`diag[p] = 0`); `false` (and `a` partly eliminated) at a pivot at or below
+/// [`SINGULAR_TOL`] times its diagonal. Built for AVX2 where the CPU has it (checked at run
+/// time): the same element-wise operations, four lanes wide, so the result is bit-identical.
+fn eliminate(a: &mut [f64], diag: &[f64], k: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { eliminate_avx2(a, diag, k) };
+        }
+    }
+    eliminate_impl(a, diag, k)
+}
+
+/// [`eliminate_impl`] compiled for AVX2.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn eliminate_avx2(a: &mut [f64], diag: &[f64], k: usize) -> bool {
+    eliminate_impl(a, diag, k)
+}
+
+#[inline(always)]
+fn eliminate_impl(a: &mut [f64], diag: &[f64], k: usize) -> bool {
     let mut col = vec![0f64; k];
     let mut row_p = vec![0f64; k];
-    let mut singular = false;
     for p in 0..k {
         if diag[p] == 0.0 {
             continue; // dead channel
         }
         let piv = a[p * k + p];
         if piv.partial_cmp(&(SINGULAR_TOL * diag[p])) != Some(Ordering::Greater) {
-            singular = true;
-            break;
+            return false;
         }
         let d = 1.0 / piv;
         // New row p, with a zero in column p so that the branch-free update below leaves
@@ -94,15 +131,7 @@ pub(crate) fn solve_cluster(c: &[f64], k: usize, lambda: f64) -> Solved {
         }
         a[p * k + p] = d;
     }
-    let inv = if singular {
-        pseudo_inverse(&scaled, &diag, k)
-    } else {
-        a
-    };
-    Solved {
-        w: weights_from_inverse(&inv, &s, k),
-        pinv: singular,
-    }
+    true
 }
 
 /// `W[a][b] = −(s_a/s_b)·inv[a][b]/inv[b][b]` (0 on the diagonal and where `inv[b][b]` is 0).
