@@ -19,6 +19,20 @@ pub(crate) struct CpuState {
     cum: Vec<f64>,
     /// Cumulative event count since the stream began (Count + Last without scale_by_value).
     cum_n: Vec<u64>,
+    /// What the dense path reuses from chunk to chunk (not stream state).
+    scratch: DenseScratch,
+}
+
+/// The dense path's buffers: a snapshot of the state to roll back to, and per-channel
+/// partials; kept so a warm stream allocates nothing per chunk.
+#[derive(Debug, Clone, Default)]
+struct DenseScratch {
+    /// `e, a, psum, pmax, cum` of the snapshot, one after another.
+    f: Vec<f64>,
+    cum_n: Vec<u64>,
+    sum: Vec<f64>,
+    max: Vec<f64>,
+    counts: Vec<u32>,
 }
 
 impl CpuState {
@@ -31,8 +45,47 @@ impl CpuState {
                 pmax: vec![f64::NEG_INFINITY; n],
                 cum: vec![0.0; n],
                 cum_n: vec![0; n],
+                scratch: DenseScratch {
+                    f: vec![0.0; 5 * n],
+                    cum_n: vec![0; n],
+                    sum: vec![0.0; n],
+                    max: vec![0.0; n],
+                    counts: vec![0; n],
+                },
             };
         }
+    }
+
+    /// Copies the stream state into the scratch snapshot.
+    fn snapshot(&mut self) {
+        let n = self.e.len();
+        let f = &mut self.scratch.f;
+        for (k, v) in [&self.e, &self.a, &self.psum, &self.pmax, &self.cum]
+            .into_iter()
+            .enumerate()
+        {
+            f[k * n..(k + 1) * n].copy_from_slice(v);
+        }
+        self.scratch.cum_n.copy_from_slice(&self.cum_n);
+    }
+
+    /// Puts the stream state back as the last [`Self::snapshot`] left it.
+    fn roll_back(&mut self) {
+        let n = self.e.len();
+        let f = &self.scratch.f;
+        for (k, v) in [
+            &mut self.e,
+            &mut self.a,
+            &mut self.psum,
+            &mut self.pmax,
+            &mut self.cum,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            v.copy_from_slice(&f[k * n..(k + 1) * n]);
+        }
+        self.cum_n.copy_from_slice(&self.scratch.cum_n);
     }
 
     /// The bin output of channel `c` for a completed segment with running `sum`/`max`.
@@ -63,14 +116,15 @@ pub(crate) fn dense<T: DenseSample>(
     st.ensure(nc);
     // The hot path checks finiteness in its own pass over the data; on a non-finite value
     // the state is put back as it was and `None` tells the caller to report it.
-    let snapshot = st.clone();
+    st.snapshot();
     let mut all_finite = true;
     let mut out = Array2::<f32>::zeros((plan.n_bins, nc));
     let data = chunk.as_standard_layout();
     let rows = data.as_slice().unwrap_or(&[]);
-    let mut sum = vec![0.0f64; nc];
-    let mut max = vec![f64::NEG_INFINITY; nc];
-    let mut counts = vec![0u32; nc];
+    let mut scratch = std::mem::take(&mut st.scratch);
+    let DenseScratch {
+        sum, max, counts, ..
+    } = &mut scratch;
     let d = jt.d;
     let inv_tau = jt.inv_tau;
     for seg in &plan.segments {
@@ -103,7 +157,7 @@ pub(crate) fn dense<T: DenseSample>(
                 // Hot path: exact integer counts.
                 counts.fill(0);
                 match T::as_f32(seg_data) {
-                    Some(words) => all_finite &= count_rows(words, nc, &mut counts),
+                    Some(words) => all_finite &= count_rows(words, nc, counts),
                     None => {
                         for row in seg_rows {
                             for (n, x) in counts.iter_mut().zip(row) {
@@ -151,10 +205,11 @@ pub(crate) fn dense<T: DenseSample>(
                 }
             }
         }
-        finish_segment(st, p, seg, &mut out, &sum, &max);
+        finish_segment(st, p, seg, &mut out, sum, max);
     }
+    st.scratch = scratch;
     if !all_finite {
-        *st = snapshot;
+        st.roll_back();
         return None;
     }
     Some(out)

@@ -523,7 +523,8 @@ impl BinnedActivation {
     /// [`Self::process_dense`] after validation, for a chunk that fits one dispatch.
     fn dense_unchecked<T: DenseSample>(&mut self, chunk: ArrayView2<'_, T>) -> Result<Binned> {
         let (n, c) = chunk.dim();
-        let plan = self.plan(n as u64)?;
+        let segments = std::mem::take(&mut self.scratch.segments);
+        let plan = self.plan_in(n as u64, segments)?;
         let values = match &mut self.engine {
             EngineState::Cpu(s) => match cpu::dense(s, &self.params, &self.jumps, &plan, chunk) {
                 Some(v) => v,
@@ -536,8 +537,10 @@ impl BinnedActivation {
         };
         let ts = self.timestamps(&plan);
         self.commit(n as u64, &plan, c);
+        let first_bin = plan.first_bin;
+        self.scratch.segments = plan.segments;
         Ok(Binned {
-            first_bin: plan.first_bin,
+            first_bin,
             values,
             timestamps: ts,
         })

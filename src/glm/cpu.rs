@@ -228,6 +228,16 @@ impl CpuGlm {
         let (n, t_len) = (m.n, job.t_len);
         let b = self.rings.len();
         let mut rings = self.rings.clone();
+        if b == 1 {
+            // One trial: its `(T, n)` outputs are the `(T, 1, n)` result as they stand.
+            let (mut spikes, mut rates) = (vec![0.0f32; t_len * n], vec![0.0f32; t_len * n]);
+            if let Some((step, i, v)) = run_trial(m, &mut rings[0], job, 0, &mut spikes, &mut rates)
+            {
+                return Err(overflow(step, i, v));
+            }
+            self.rings = rings;
+            return Ok((spikes, rates));
+        }
         let mut per_trial: Vec<(Vec<f32>, Vec<f32>, Bad)> = (0..b)
             .map(|_| (vec![0.0; t_len * n], vec![0.0; t_len * n], None))
             .collect();
