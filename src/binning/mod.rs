@@ -275,7 +275,7 @@ struct Scratch {
 
 #[derive(Debug)]
 enum EngineState {
-    Cpu(cpu::CpuState),
+    Cpu(Box<cpu::CpuState>),
     Gpu(Box<gpu::GpuBinning>),
 }
 
@@ -330,7 +330,7 @@ impl BinnedActivation {
         };
         let jumps = JumpTable::new(tau_s);
         let state = match engine {
-            Engine::Cpu => EngineState::Cpu(cpu::CpuState::default()),
+            Engine::Cpu => EngineState::Cpu(Box::default()),
             Engine::Gpu(ctx) => {
                 EngineState::Gpu(Box::new(gpu::GpuBinning::new(ctx, &params, &jumps)?))
             }
@@ -380,7 +380,7 @@ impl BinnedActivation {
         self.next_bin = 0;
         self.n_channels = None;
         match &mut self.engine {
-            EngineState::Cpu(s) => *s = cpu::CpuState::default(),
+            EngineState::Cpu(s) => **s = cpu::CpuState::default(),
             EngineState::Gpu(g) => g.reset(),
         }
     }
