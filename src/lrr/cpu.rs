@@ -380,7 +380,7 @@ impl CpuLrr {
 }
 
 /// Accumulates rows `range` of `data` (`nc` columns) into `acc` (per group, `kp × kp`),
-/// 16-row block by 16-row block (one block of 384 channels is 24 KB: L1). Full blocks of
+/// 32-row block by 32-row block (one block of 384 channels is 48 KB: L1 and L2). Full blocks of
 /// groups of contiguous channels whose size is a multiple of 16 are read in place; others
 /// are packed into a zero-padded panel first.
 fn accumulate_rows(

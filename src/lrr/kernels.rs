@@ -11,7 +11,7 @@
 //! the `k` live columns; the `f64` matrix is `kp × kp`, row-major.
 
 /// Rows of a panel summed in `f32` before folding into `f64`.
-pub(crate) const BLOCK: usize = 16;
+pub(crate) const BLOCK: usize = 32;
 /// Rows of a register tile.
 pub(crate) const TR: usize = 6;
 /// Columns of a register tile (two AVX vectors).

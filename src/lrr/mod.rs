@@ -36,8 +36,8 @@
 //! Both engines accumulate `C` the same way: per entry, the `f32` products of at most a
 //! bounded run of samples are summed in `f32`, then folded into a wider accumulator.
 //!
-//! * **CPU**: runs of 16 samples summed in `f32` registers (AVX2 + FMA when present), folded
-//!   into `f64`. Bound per entry: `|ΔC_ij| ≤ 16·2⁻²⁴·Σ_s|x_si·x_sj| ≤ 9.6e-7·√(C_ii·C_jj)`
+//! * **CPU**: runs of 32 samples summed in `f32` registers (AVX2 + FMA when present), folded
+//!   into `f64`. Bound per entry: `|ΔC_ij| ≤ 32·2⁻²⁴·Σ_s|x_si·x_sj| ≤ 1.9e-6·√(C_ii·C_jj)`
 //!   (Cauchy–Schwarz), whatever the number of samples (the `f64` fold adds ~1e-16 per chunk).
 //!   Weights: `f64` Gauss–Jordan on the equilibrated block (error ≈ κ·1e-16).
 //! * **GPU**: each workgroup sums a tile's products over runs of 8 samples in `f32`, adds
