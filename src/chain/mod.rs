@@ -8,7 +8,9 @@
 //! reference is LRR), re-references it, and measures each channel's noise as
 //! `median(|x|)/0.6745`. Per-channel thresholds are then `k·noise` (`ThresholdRule::NoiseMultiple`,
 //! the sign of `k` giving the direction) or one absolute value in µV. A channel whose noise is
-//! 0 (dead or constant) detects nothing and is listed in [`Calibration::dead_channels`]. The
+//! 0 (dead or constant: a filtered noise, before the reference, at or below 1e-5 of the
+//! channel's raw RMS — the filter's rounding level — counts as 0) detects nothing and is
+//! listed in [`Calibration::dead_channels`]. The
 //! stream then starts again from the recording's first sample with fresh filter state.
 //!
 //! # Engines
@@ -268,6 +270,11 @@ pub struct Chain {
     scratch: [Vec<f32>; 2],
 }
 
+/// A channel's noise at or below this fraction of its raw window's RMS is taken as 0 (the
+/// channel constant): the filters' rounding errors are ~1e-7 of the RMS, real noise on a
+/// channel with a large offset ~1e-3 or more.
+const NOISE_FLOOR: f64 = 1e-5;
+
 /// `median(|x|)/0.6745` of one channel (NaN-free input).
 fn noise_of(column: impl Iterator<Item = f32>) -> f32 {
     let mut a: Vec<f32> = column.map(f32::abs).collect();
@@ -340,6 +347,18 @@ impl Chain {
             }
             None => window.to_owned(),
         };
+        // A channel whose filtered noise is at the filter's own rounding level (a constant
+        // channel, whose filtered window is a decaying step response) counts as constant,
+        // whatever the reference later mixes into it: otherwise its threshold would sit at
+        // the rounding level (or at the level of what LRR leaks in from its neighbours).
+        let constant: Vec<bool> = (0..c)
+            .map(|j| {
+                let s = noise_of(filtered.column(j).iter().copied());
+                let raw = window.column(j);
+                let ms = raw.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / raw.len() as f64;
+                (s as f64) <= NOISE_FLOOR * ms.sqrt()
+            })
+            .collect();
         let mut reference = Reference::new(engine, &settings)?;
         if let Reference::Lrr(l) = &mut reference {
             l.fit(filtered.view())?;
@@ -350,7 +369,13 @@ impl Chain {
             _ => None,
         };
         let noise: Vec<f32> = (0..c)
-            .map(|j| noise_of(filtered.column(j).iter().copied()))
+            .map(|j| {
+                if constant[j] {
+                    0.0
+                } else {
+                    noise_of(filtered.column(j).iter().copied())
+                }
+            })
             .collect();
         let mut dead = Vec::new();
         let thresholds: Vec<f32> = match settings.threshold {
