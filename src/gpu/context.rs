@@ -229,6 +229,11 @@ impl GpuContext {
         let out = f();
         let val_err = pollster::block_on(val.pop());
         let oom_err = pollster::block_on(oom.pop());
+        // A lost device makes every later call fail validation: report the loss itself.
+        if val_err.is_some() || oom_err.is_some() {
+            let _ = self.device.poll(wgpu::PollType::Poll);
+            self.check_alive()?;
+        }
         if let Some(e) = oom_err {
             return Err(Error::OutOfMemory(e.to_string()));
         }
