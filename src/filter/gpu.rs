@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{
     align_step, bind, grid, non_finite_row, reusable_output, row_pieces, rows_per_piece,
     rows_too_wide, submit_pass, write_padded, Binding, GpuContext, GrowBuffer, ParamsBuffer,
-    SameShapeKernel,
+    SameShapeKernel, TrackedBuffer,
 };
 use crate::shaders::FILTER;
 
@@ -60,20 +60,20 @@ pub(crate) struct GpuFilter {
     ctx: Arc<GpuContext>,
     pipeline: wgpu::ComputePipeline,
     n_sections: usize,
-    coeffs: wgpu::Buffer,
+    coeffs: TrackedBuffer,
     /// State buffers; `states[committed]` is the accepted state.
-    states: Vec<wgpu::Buffer>,
+    states: Vec<TrackedBuffer>,
     committed: usize,
     /// Channel count the state was initialised for.
     init_for: Option<usize>,
     /// Upload buffer for host chunks.
     input: GrowBuffer,
     /// Output buffer, reused while no [`DeviceArray`] still holds it.
-    output: Option<Arc<wgpu::Buffer>>,
+    output: Option<Arc<TrackedBuffer>>,
     /// Uniform buffer of the dispatches' params.
     params: ParamsBuffer,
     /// One status word.
-    status: wgpu::Buffer,
+    status: TrackedBuffer,
     /// Test knob: cap on the rows of one dispatch.
     rows_limit: Option<usize>,
 }
@@ -108,9 +108,9 @@ impl GpuFilter {
         )?;
         let pairs: Vec<[f32; 4]> = sos.iter().flat_map(|s| s.map(split)).collect();
         let (coeffs, status) = ctx.scoped(|| {
-            let coeffs = ctx.storage(pairs.len() as u64 * 16, "neurokernels.filter.coeffs");
+            let coeffs = ctx.storage(pairs.len() as u64 * 16, "neurokernels.filter.coeffs")?;
             write_padded(ctx, &coeffs, 0, bytemuck::cast_slice(&pairs));
-            let status = ctx.storage(16, "neurokernels.filter.status");
+            let status = ctx.storage(16, "neurokernels.filter.status")?;
             Ok((coeffs, status))
         })?;
         Ok(GpuFilter {
@@ -157,7 +157,7 @@ impl GpuFilter {
             if self.states.len() != 3 || self.states[0].size() < bytes.max(16) {
                 self.states = (0..3)
                     .map(|_| ctx.storage(bytes, "neurokernels.filter.state"))
-                    .collect();
+                    .collect::<Result<_>>()?;
             }
             self.committed = 0;
             let zeros = vec![0u8; bytes as usize];
@@ -178,7 +178,7 @@ impl SameShapeKernel for GpuFilter {
         &mut self.input
     }
 
-    fn output_buffer(&mut self, bytes: u64) -> Arc<wgpu::Buffer> {
+    fn output_buffer(&mut self, bytes: u64) -> Result<Arc<TrackedBuffer>> {
         reusable_output(
             &self.ctx,
             &mut self.output,
@@ -225,7 +225,7 @@ impl SameShapeKernel for GpuFilter {
                     pad: [0; 3],
                 })
                 .collect();
-            let params = self.params.write(&ctx, &params);
+            let params = self.params.write(&ctx, &params)?;
 
             let scratch = [(self.committed + 1) % 3, (self.committed + 2) % 3];
             let mut state_in = self.committed;
