@@ -188,6 +188,17 @@ fn gpu_segments(plan: &Plan, ev_bound: Option<u64>) -> (Vec<GpuSeg>, Vec<[u32; 2
 }
 
 impl GpuBinning {
+    /// The committed state copy, and `Some` when it holds this stream's state.
+    pub(crate) fn mark(&self) -> (usize, Option<usize>) {
+        (self.cur, self.initialized.then_some(0))
+    }
+
+    /// Back to what [`GpuBinning::mark`] returned (before the chunk since).
+    pub(crate) fn rewind(&mut self, (cur, initialized): (usize, Option<usize>)) {
+        self.cur = cur;
+        self.initialized = initialized.is_some();
+    }
+
     pub fn new(ctx: &Arc<GpuContext>, p: &Params, jt: &JumpTable) -> Result<Self> {
         let d_hi = jt.d as f32;
         let base = GpuParams {

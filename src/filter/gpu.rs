@@ -99,6 +99,17 @@ fn split(c: f64) -> [f32; 4] {
 }
 
 impl GpuFilter {
+    /// The committed state copy and the channel count it was set up for.
+    pub(crate) fn mark(&self) -> (usize, Option<usize>) {
+        (self.committed, self.init_for)
+    }
+
+    /// Back to what [`GpuFilter::mark`] returned (before the chunk since).
+    pub(crate) fn rewind(&mut self, (committed, init_for): (usize, Option<usize>)) {
+        self.committed = committed;
+        self.init_for = init_for;
+    }
+
     pub(crate) fn new(ctx: &Arc<GpuContext>, sos: &[Coeffs]) -> Result<Self> {
         let pipeline = ctx.pipeline(
             &FILTER,

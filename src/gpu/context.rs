@@ -1,6 +1,7 @@
 //! Adapter and device acquisition, error capture, pipeline cache, submission and read-back.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::buffer::{MemoryCounters, TrackedBuffer};
@@ -69,7 +70,8 @@ pub struct GpuContext {
     uncaptured: Arc<Mutex<Option<String>>>,
     staging: Mutex<Option<(TrackedBuffer, u64)>>,
     memory: Arc<MemoryCounters>,
-    budget: Option<u64>,
+    /// The memory budget in bytes (`u64::MAX`: none).
+    budget: AtomicU64,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -186,7 +188,7 @@ impl GpuContext {
             uncaptured,
             staging: Mutex::new(None),
             memory: Arc::new(MemoryCounters::default()),
-            budget: options.memory_budget,
+            budget: AtomicU64::new(options.memory_budget.unwrap_or(u64::MAX)),
         })
     }
 
@@ -234,7 +236,14 @@ impl GpuContext {
 
     /// The budget that [`GpuContext::live_bytes`] may not pass ([`GpuOptions::memory_budget`]).
     pub fn memory_budget(&self) -> Option<u64> {
+        Some(self.budget.load(Ordering::Relaxed)).filter(|&b| b != u64::MAX)
+    }
+
+    /// Sets the budget of [`GpuOptions::memory_budget`] (`None`: none) from now on. Buffers
+    /// alive already stay, even past a lower budget; only new ones are refused.
+    pub fn set_memory_budget(&self, bytes: Option<u64>) {
         self.budget
+            .store(bytes.unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     /// Creates a buffer counted in the live totals, after checking it against the device's
@@ -248,7 +257,7 @@ impl GpuContext {
                 max: self.limits.max_buffer_size,
             });
         }
-        self.memory.reserve(desc.size, self.budget)?;
+        self.memory.reserve(desc.size, self.memory_budget())?;
         Ok(TrackedBuffer::new(
             self.device.create_buffer(desc),
             self.memory.clone(),
@@ -418,14 +427,28 @@ impl GpuContext {
         })
     }
 
+    /// Whether a buffer of `size` bytes may serve a need of `need` bytes bound whole: not when
+    /// the need fits one storage binding but the buffer does not.
+    pub(crate) fn bindable_for(&self, size: u64, need: u64) -> bool {
+        let binding = self.max_binding();
+        need > binding || size <= binding
+    }
+
     /// A storage buffer of at least `need` bytes (a multiple of 4), rounded up to the next
-    /// power of two (for geometric growth) where the device's `max_buffer_size` and the memory
-    /// budget allow, else `need` itself.
+    /// power of two (for geometric growth) where the device's limits and the memory budget
+    /// allow, else `need` itself. A need that fits one storage binding gets a buffer that
+    /// does too, so kernels may bind it whole.
     pub(crate) fn storage_rounded(&self, need: u64, label: &str) -> Result<TrackedBuffer> {
+        let binding = self.max_binding() / 4 * 4;
+        let cap = if need <= binding {
+            binding
+        } else {
+            self.limits.max_buffer_size
+        };
         let size = need
             .checked_next_power_of_two()
             .unwrap_or(need)
-            .min(self.limits.max_buffer_size)
+            .min(cap)
             .max(need);
         match self.storage(size, label) {
             Err(Error::DeviceMemory { .. }) if size > need => self.storage(need, label),
@@ -635,6 +658,13 @@ impl GrowBuffer {
     /// buffer (the next call makes one).
     pub(crate) fn ensure(&mut self, ctx: &GpuContext, bytes: u64) -> Result<wgpu::Buffer> {
         let need = bytes.max(16).next_multiple_of(4);
+        if self
+            .buf
+            .as_ref()
+            .is_some_and(|b| !ctx.bindable_for(b.size(), need))
+        {
+            self.buf = None;
+        }
         let label = self.label;
         super::grow_slot(&mut self.buf, need, || ctx.storage_rounded(need, label))
     }

@@ -32,6 +32,23 @@ pub(crate) fn bind(buffer: &wgpu::Buffer, offset: u64, size: u64) -> wgpu::Bindi
     })
 }
 
+/// Where a streaming operator stands, to rewind it to after a later stage of the chain failed
+/// on the same chunk: its host-side position and channel count, and on the GPU engine its
+/// committed state copy. Valid until the operator's next chunk: a chunk writes only the state
+/// copies other than the committed one, so the copy a mark names still holds that state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StreamMark {
+    /// Channel count fixed by the stream.
+    pub(crate) n_channels: Option<usize>,
+    /// Samples consumed (absolute position).
+    pub(crate) pos: u64,
+    /// Bins emitted (binning only).
+    pub(crate) next_bin: u64,
+    /// The GPU half's committed state copy, and the channel count it was set up for (or any
+    /// `Some` when set up at all).
+    pub(crate) gpu: Option<(usize, Option<usize>)>,
+}
+
 /// Rows of `row_bytes` each that one piece of a chunk binds: a multiple of `step` that fits
 /// `max_binding` bytes, and at most `max_rows` (rounded down to a multiple of `step`, but at
 /// least `step`). Zero when not even `step` rows fit one binding.
@@ -139,10 +156,9 @@ pub(crate) fn reusable_output(
     label: &str,
 ) -> Result<Arc<TrackedBuffer>> {
     let need = bytes.max(16).next_multiple_of(4);
-    if let Some(b) = slot
-        .as_ref()
-        .filter(|b| Arc::strong_count(b) == 1 && b.size() >= need)
-    {
+    if let Some(b) = slot.as_ref().filter(|b| {
+        Arc::strong_count(b) == 1 && b.size() >= need && ctx.bindable_for(b.size(), need)
+    }) {
         return Ok(b.clone());
     }
     *slot = None;

@@ -137,6 +137,17 @@ fn max_events(n: usize) -> u32 {
 }
 
 impl GpuThreshold {
+    /// The committed state copy and the channel count it was set up for.
+    pub(crate) fn mark(&self) -> (usize, Option<usize>) {
+        (self.committed, self.init_for)
+    }
+
+    /// Back to what [`GpuThreshold::mark`] returned (before the chunk since).
+    pub(crate) fn rewind(&mut self, (committed, init_for): (usize, Option<usize>)) {
+        self.committed = committed;
+        self.init_for = init_for;
+    }
+
     pub(crate) fn new(ctx: &Arc<GpuContext>) -> Result<Self> {
         let pipeline = ctx.pipeline(
             &THRESHOLD,
