@@ -329,7 +329,8 @@ impl Chain {
                 ));
             }
         }
-        // The calibration pass runs on the chain's engine, host in and host out.
+        // The calibration pass runs on the chain's engine, host in and host out; the device
+        // buffers sized for the window are dropped afterwards.
         // The stream's filter filters the window, then restarts from zero state.
         let mut filter = match settings.filter {
             Some(f) => Some(BandpassFilter::new(engine, f, fs)?),
@@ -352,6 +353,16 @@ impl Chain {
             Reference::Lrr(l) => Some(l.weights()?),
             _ => None,
         };
+        // The window is much longer than a chunk: give its device buffers back.
+        if let Some(f) = &mut filter {
+            f.release_scratch();
+        }
+        if let Reference::Lrr(l) = &mut reference {
+            l.release_scratch();
+        }
+        if let Engine::Gpu(ctx) = engine {
+            ctx.release_staging();
+        }
         let noise: Vec<f32> = (0..c)
             .map(|j| noise_of(filtered.column(j).iter().copied()))
             .collect();

@@ -99,6 +99,12 @@ fn split(c: f64) -> [f32; 4] {
 }
 
 impl GpuFilter {
+    /// Drops the upload and output buffers, sized for the largest chunk so far.
+    pub(crate) fn release_scratch(&mut self) {
+        self.input.release();
+        self.output = None;
+    }
+
     /// The committed state copy and the channel count it was set up for.
     pub(crate) fn mark(&self) -> (usize, Option<usize>) {
         (self.committed, self.init_for)

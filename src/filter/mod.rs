@@ -339,6 +339,14 @@ impl BandpassFilter {
         self.centre_hz
     }
 
+    /// GPU engine: drops the buffers sized for the largest chunk so far (after a large
+    /// calibration window, before a stream of small chunks).
+    pub(crate) fn release_scratch(&mut self) {
+        if let EngineState::Gpu(g) = &mut self.engine {
+            g.release_scratch();
+        }
+    }
+
     /// Starts the stream again: zero state, and the channel count is free again.
     pub fn reset(&mut self) {
         self.n_channels = None;

@@ -605,6 +605,14 @@ impl GpuContext {
         Ok(bytes)
     }
 
+    /// Drops the read-back staging buffer, grown to the largest read-back so far (the next
+    /// read-back makes one of its own size).
+    pub(crate) fn release_staging(&self) {
+        if let Ok(mut s) = self.staging.lock() {
+            *s = None;
+        }
+    }
+
     /// A new command encoder.
     pub(crate) fn encoder(&self) -> wgpu::CommandEncoder {
         self.device
@@ -649,6 +657,11 @@ impl GrowBuffer {
     /// An empty buffer slot named `label`.
     pub(crate) fn new(label: &'static str) -> Self {
         GrowBuffer { buf: None, label }
+    }
+
+    /// Drops the buffer (the next [`GrowBuffer::ensure`] makes a new one).
+    pub(crate) fn release(&mut self) {
+        self.buf = None;
     }
 
     /// The buffer (a cheap handle), grown to at least `bytes` (contents are lost when it grows).

@@ -262,6 +262,14 @@ impl GpuLrr {
         })
     }
 
+    /// Drops the per-chunk buffers, sized for the largest chunk so far.
+    pub(crate) fn release_scratch(&mut self) {
+        self.partials.release();
+        self.input.release();
+        self.y.release();
+        self.dev_out = None;
+    }
+
     /// Waits for the last unwaited submission (bounds the memory queued behind it).
     fn wait_pending(&mut self) -> Result<()> {
         if let Some(i) = self.pending.take() {
