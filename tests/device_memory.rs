@@ -111,72 +111,58 @@ fn chain_settings(c: usize) -> ChainSettings {
     }
 }
 
+/// Two chains of `c` channels calibrated alike on `e` (on a recording of seed `seed`).
+fn two_chains(e: &Engine, c: usize, seed: u64) -> (Chain, Chain) {
+    let cal = recording(seed, 6_000, c);
+    let make = || Chain::calibrate(e, chain_settings(c), FS, cal.view(), 0).expect("calibrate");
+    (make(), make())
+}
+
 #[test]
 fn a_chunk_past_the_memory_budget_is_refused_and_the_chain_goes_on() {
     let c = 64;
     let e = gpu_with(GpuOptions::default());
     let ctx = context(&e);
-    let cal = recording(2, 6_000, c);
-    let make = || Chain::calibrate(&e, chain_settings(c), FS, cal.view(), 0).expect("calibrate");
-    let (mut clean, mut tested) = (make(), make());
+    let (mut clean, mut tested) = two_chains(&e, c, 2);
     let x = recording(3, 12_000, c);
     let (half, rest) = (
         x.slice(s![..6_000, ..]).to_owned(),
         x.slice(s![6_000.., ..]).to_owned(),
     );
-    let big = recording(4, 30_000, c);
-    let out = |o: ChainOutput| {
-        let ev: Vec<(u64, u32)> = o.events.iter().map(|e| (e.sample, e.channel)).collect();
-        (ev, o.bins.values.iter().copied().collect::<Vec<f32>>())
-    };
+    let big = recording(4, 12_000, c);
     let mut want = run(&mut clean, &half);
-    let b = out(clean.process(big.view()).expect("no budget"));
     let r = run(&mut clean, &rest);
-    want.0.extend(b.0.into_iter().chain(r.0));
-    want.1.extend(b.1.into_iter().chain(r.1));
+    want.0.extend(r.0);
+    want.1.extend(r.1);
     assert!(want.0.len() > 100, "{} events", want.0.len());
 
-    // The large chunk with ever more room under the budget: refused at one stage after the
-    // other (each refusal rewinds the stages that ran), then accepted.
+    // The large chunk with room under the budget for less than its upload, then for the
+    // upload but not the filter's output, then for both but not LRR's output (the filter has
+    // run): each refusal leaves (rewinds) every stage where it was.
     let mut got = run(&mut tested, &half);
     let bytes = (big.len() * 4) as u64;
-    let mut refused = Vec::new();
-    let mut room = bytes / 4;
-    let accepted = loop {
+    for room in [bytes / 2, bytes + bytes / 2, 2 * bytes] {
         let before = live(&ctx);
         ctx.set_memory_budget(Some(before.1 + room));
         let res = tested.process(big.view());
         assert!(ctx.live_bytes() <= before.1 + room);
         ctx.set_memory_budget(None);
         match res {
-            Ok(o) => break out(o),
             Err(Error::DeviceMemory {
                 requested,
                 live,
                 budget,
-            }) => {
-                assert!(
-                    live + requested > budget,
-                    "{requested} + {live} vs {budget}"
-                );
-                refused.push((room, requested));
-            }
-            Err(e) => panic!("room {room}: expected a budget error, got {e:?}"),
+            }) => assert!(
+                live + requested > budget,
+                "{requested} + {live} vs {budget}"
+            ),
+            other => panic!("room {room}: expected a budget error, got {other:?}"),
         }
-        room += bytes / 4;
-        assert!(room < 64 * bytes, "never accepted");
-    };
-    assert!(
-        refused.len() >= 3,
-        "refusals (room, requested): {refused:?}"
-    );
+    }
     let r = run(&mut tested, &rest);
-    got.0.extend(accepted.0.into_iter().chain(r.0));
-    got.1.extend(accepted.1.into_iter().chain(r.1));
-    assert_eq!(
-        got.0, want.0,
-        "events (refusals (room, requested): {refused:?})"
-    );
+    got.0.extend(r.0);
+    got.1.extend(r.1);
+    assert_eq!(got.0, want.0, "events");
     assert_eq!(got.1, want.1, "bins");
 }
 
@@ -196,9 +182,7 @@ fn a_chunk_past_the_device_buffer_limit_is_refused_and_the_chain_goes_on() {
     });
     let ctx = context(&e);
     assert_eq!(ctx.limits().max_buffer_size, 2 << 20);
-    let cal = recording(5, 6_000, c);
-    let make = || Chain::calibrate(&e, chain_settings(c), FS, cal.view(), 0).expect("calibrate");
-    let (mut clean, mut tested) = (make(), make());
+    let (mut clean, mut tested) = two_chains(&e, c, 5);
     let x = recording(6, 9_000, c);
     let want = run(&mut clean, &x);
     let mut got = run(&mut tested, &x.slice(s![..4_800, ..]).to_owned());
@@ -261,4 +245,62 @@ fn a_validation_error_made_outside_the_crate_comes_back_typed() {
     }
     let a = DeviceArray::upload(&ctx, x.view()).expect("the next call works");
     assert_eq!(a.to_host::<f32>().expect("read back"), x);
+}
+
+#[test]
+fn a_filter_refused_a_chunk_past_the_budget_goes_on_as_one_that_never_saw_it() {
+    let e = gpu_with(GpuOptions::default());
+    let ctx = context(&e);
+    let x = recording(8, 6_000, 32);
+    let make = || BandpassFilter::new(&e, FilterSettings::default(), FS).expect("filter");
+    let (mut clean, mut tested) = (make(), make());
+    let want = clean.process(x.view()).expect("clean");
+    let mut got = tested
+        .process(x.slice(s![..3_000, ..]))
+        .expect("first half");
+    ctx.set_memory_budget(Some(ctx.live_bytes() + (1 << 20)));
+    let big = recording(9, 30_000, 32); // 3.8 MB
+    match tested.process(big.view()) {
+        Err(Error::DeviceMemory { .. }) => {}
+        other => panic!("expected a budget error, got {other:?}"),
+    }
+    ctx.set_memory_budget(None);
+    let rest = tested
+        .process(x.slice(s![3_000.., ..]))
+        .expect("second half");
+    got.append(ndarray::Axis(0), rest.view()).expect("append");
+    assert_eq!(got, want);
+}
+
+#[test]
+fn a_device_chunk_whose_filtered_values_overflow_is_refused_and_the_chain_goes_on() {
+    let c = 32;
+    let e = gpu_with(GpuOptions::default());
+    let ctx = context(&e);
+    let (mut clean, mut tested) = two_chains(&e, c, 10);
+    let x = recording(11, 6_000, c);
+    let want = run(&mut clean, &x);
+    let mut got = run(&mut tested, &x.slice(s![..3_000, ..]).to_owned());
+    // Finite samples the band-pass turns into ±inf: threshold crossing rejects the chunk
+    // after the filter has run on it.
+    let huge =
+        Array2::<f32>::from_shape_fn(
+            (600, c),
+            |(i, _)| {
+                if i % 2 == 0 {
+                    f32::MAX
+                } else {
+                    -f32::MAX
+                }
+            },
+        );
+    let dev = DeviceArray::upload(&ctx, huge.into_dyn().view()).expect("upload");
+    match tested.process_device(&dev) {
+        Err(Error::NonFinite { .. }) => {}
+        other => panic!("expected a non-finite error, got {other:?}"),
+    }
+    let (ev, bins) = run(&mut tested, &x.slice(s![3_000.., ..]).to_owned());
+    got.0.extend(ev);
+    got.1.extend(bins);
+    assert_eq!(got, want);
 }
