@@ -1,8 +1,7 @@
 //! The CPU chain allocates nothing per chunk once warm: a counting global allocator (this test
 //! binary only) counts heap allocations while 1 ms and 20 ms chunks of 384 channels stream
 //! through band-pass → LRR (8 × 48) → threshold → bins with `Chain::process_into` and a
-//! reused output. The 20 ms chunks are large enough for LRR to split them over the worker
-//! threads, so this also shows the worker pool allocates nothing per chunk.
+//! reused output.
 
 mod support;
 
