@@ -44,6 +44,17 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
+/// Checks a parsed command line without running it: every flag's value and the chain
+/// settings they give. `process` is checked as for a recording of `n_channels` channels at
+/// `fs` (the recording itself is not opened), `simulate` with its own channel count and rate.
+#[allow(dead_code)] // the binary validates as it runs; the fuzz targets call this alone
+pub fn check(cli: &Cli, n_channels: usize, fs: f64) -> Result<(), CliError> {
+    match &cli.command {
+        Command::Simulate(a) => simulate::check(a),
+        Command::Process(a) => process::check(a, n_channels, fs),
+    }
+}
+
 /// Which engine runs the chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Backend {
@@ -180,6 +191,11 @@ fn parse_clusters(text: &str, n_channels: usize) -> Result<Vec<Vec<usize>>, CliE
                     let (a, b) = (num(a)?, num(b)?);
                     if b < a {
                         return Err(bad(format!("range {item:?} is reversed")));
+                    }
+                    if b >= n_channels {
+                        return Err(bad(format!(
+                            "channel {b} is out of range ({n_channels} channels)"
+                        )));
                     }
                     members.extend(a..=b);
                 }

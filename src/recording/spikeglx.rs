@@ -186,7 +186,17 @@ pub(crate) fn layout(bin: &Path, meta_path: &Path, bin_len: u64) -> Result<Layou
         path: meta_path.display().to_string(),
         message: format!("cannot read SpikeGLX metadata: {e}"),
     })?;
-    let meta = Meta::parse(meta_path, &text)?;
+    layout_from_text(bin, meta_path, &text, bin_len)
+}
+
+/// The layout of a `.bin` of `bin_len` bytes whose `.meta` file (at `meta_path`) holds `text`.
+pub(crate) fn layout_from_text(
+    bin: &Path,
+    meta_path: &Path,
+    text: &str,
+    bin_len: u64,
+) -> Result<Layout> {
+    let meta = Meta::parse(meta_path, text)?;
     let mut r = Reader {
         path: meta_path,
         meta: &meta,
@@ -209,6 +219,7 @@ pub(crate) fn layout(bin: &Path, meta_path: &Path, bin_len: u64) -> Result<Layou
     if n_saved == 0 {
         return Err(format_err(meta_path, "`nSavedChans` is 0"));
     }
+    super::check_channel_count(meta_path, "nSavedChans", n_saved as u64)?;
     let file_size: u64 = r.num("fileSizeBytes")?;
     if file_size != bin_len {
         return Err(format_err(

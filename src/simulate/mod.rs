@@ -129,7 +129,8 @@ impl SimSettings {
         crate::lrr::consecutive_clusters(self.channels, self.cluster_size)
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Checks every setting: [`Error::InvalidSetting`] naming the first one out of range.
+    pub fn validate(&self) -> Result<()> {
         let pos = |name: &'static str, v: f64| {
             if v.is_finite() && v > 0.0 {
                 Ok(())
