@@ -23,9 +23,10 @@ use neurokernels::{
     ThresholdCrossing, ThresholdSettings, WeightsSource,
 };
 
+/// The command line's own module (the binary's `src/cli`), compiled in here.
 #[allow(dead_code, unused_imports)]
 #[path = "../src/cli/mod.rs"]
-mod cli;
+pub mod cli;
 
 /// The names of the targets, in the order of [`run`].
 pub const TARGETS: [&str; 6] = [

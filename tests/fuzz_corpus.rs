@@ -69,3 +69,67 @@ fn cli() {
 fn operators() {
     replay("operators");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Regressions: inputs that once crashed, kept in the corpus, with the error they now give.
+
+fn corpus_file(target: &str, name: &str) -> Vec<u8> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target)
+        .join(name);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn assert_format_error<T: std::fmt::Debug>(r: neurokernels::Result<T>, needle: &str) {
+    match r {
+        Err(neurokernels::Error::Format { message, .. }) => {
+            assert!(message.contains(needle), "{message}")
+        }
+        other => panic!("expected a format error naming {needle}, got {other:?}"),
+    }
+}
+
+/// Found by the `npy` target: a header of 0 rows and 88 888 888 888 columns (no data
+/// needed) built per-channel tables of that size, a capacity-overflow panic or an abort.
+#[test]
+fn npy_with_zero_rows_and_a_huge_channel_count_is_a_format_error() {
+    let options = neurokernels::OpenOptions {
+        fs: Some(30_000.0),
+        ..Default::default()
+    };
+    for name in [
+        "crash-zero-rows-huge-channel-count",
+        "oom-zero-rows-huge-channel-count",
+    ] {
+        let r = neurokernels::Recording::from_npy_bytes(corpus_file("npy", name), &options);
+        assert_format_error(r, "channels supported");
+    }
+}
+
+/// The same fault in the SpikeGLX reader: `nSavedChans=100000000000` with an empty `.bin`
+/// (every size check passes at 0 bytes).
+#[test]
+fn spikeglx_meta_with_a_huge_channel_count_is_a_format_error() {
+    let meta = corpus_file("spikeglx_meta", "regress-zero-bytes-huge-nSavedChans.meta");
+    let text = std::str::from_utf8(&meta).expect("text");
+    let r = neurokernels::Recording::from_spikeglx_bytes(text, Vec::new());
+    assert_format_error(r, "nSavedChans");
+}
+
+/// `--clusters 0-18446744073709551615` expanded the range before checking it against the
+/// channel count (an allocation of 2⁶⁴ indices); now an error naming the flag.
+#[test]
+fn cli_cluster_range_past_the_channels_is_an_error() {
+    use clap::Parser;
+    let args = corpus_file("cli", "regress-clusters-huge-range");
+    let text = std::str::from_utf8(&args).expect("text");
+    let cli =
+        entries::cli::Cli::try_parse_from(std::iter::once("neurokernels").chain(text.split('\0')))
+            .expect("the flags parse");
+    let e = entries::cli::check(&cli, 384, 30_000.0).expect_err("out of range");
+    assert!(
+        e.contains("--clusters") && e.contains("out of range"),
+        "{e}"
+    );
+}

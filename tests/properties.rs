@@ -405,7 +405,7 @@ fn threshold_case(size: Size) -> impl Strategy<Value = ThresholdCase> {
             any::<bool>(),
             any::<bool>(),
             prop_oneof![Just(0.0), 0.0005f64..0.05],
-            prop_oneof![Just(0u64), 0u64..1 << 40],
+            prop_oneof![Just(0u64), 0u64..1 << 40, Just(u64::MAX - (1 << 20))],
         ),
     )
         .prop_map(
@@ -491,7 +491,7 @@ fn binning_case(size: Size) -> impl Strategy<Value = BinningCase> {
             prop_oneof![Just(0.001), Just(0.02), 0.0005f64..0.03],
             aggregation,
             any::<(bool, bool, bool)>(),
-            prop_oneof![Just(0u64), 0u64..1 << 40],
+            prop_oneof![Just(0u64), 0u64..1 << 40, Just(u64::MAX - (1 << 20))],
         ),
         0.0f64..0.2,
     )
