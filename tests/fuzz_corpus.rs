@@ -117,19 +117,41 @@ fn spikeglx_meta_with_a_huge_channel_count_is_a_format_error() {
     assert_format_error(r, "nSavedChans");
 }
 
+/// The command line stored in corpus file `cli/<name>`, parsed and checked (for `process`,
+/// as for a 384-channel recording at 30 kHz).
+fn check_cli(name: &str) -> Result<(), String> {
+    use clap::Parser;
+    let args = corpus_file("cli", name);
+    let text = std::str::from_utf8(&args).expect("text");
+    let argv = std::iter::once("neurokernels").chain(text.split('\0'));
+    let cli = entries::cli::Cli::try_parse_from(argv).expect("the flags parse");
+    entries::cli::check(&cli, 384, 30_000.0)
+}
+
 /// `--clusters 0-18446744073709551615` expanded the range before checking it against the
 /// channel count (an allocation of 2⁶⁴ indices); now an error naming the flag.
 #[test]
 fn cli_cluster_range_past_the_channels_is_an_error() {
-    use clap::Parser;
-    let args = corpus_file("cli", "regress-clusters-huge-range");
-    let text = std::str::from_utf8(&args).expect("text");
-    let cli =
-        entries::cli::Cli::try_parse_from(std::iter::once("neurokernels").chain(text.split('\0')))
-            .expect("the flags parse");
-    let e = entries::cli::check(&cli, 384, 30_000.0).expect_err("out of range");
+    let e = check_cli("regress-clusters-huge-range").expect_err("out of range");
     assert!(
         e.contains("--clusters") && e.contains("out of range"),
         "{e}"
     );
+}
+
+/// `simulate --channels 1000000000000 --clusters 7` sized the cluster lists by the channel
+/// count before the simulation's settings were checked (an abort on allocation); the
+/// channel count is now limited to `MAX_CHANNELS` and checked first.
+#[test]
+fn cli_simulation_with_a_huge_channel_count_is_an_error() {
+    let e = check_cli("regress-simulate-huge-channels").expect_err("too many channels");
+    assert!(e.contains("channels"), "{e}");
+}
+
+/// 200 copies of `0-383` were all expanded before the first repeat was reported; now the
+/// expansion stops at the first repeated channel.
+#[test]
+fn cli_repeated_cluster_ranges_stop_at_the_first_repeat() {
+    let e = check_cli("regress-repeated-ranges").expect_err("repeated channels");
+    assert!(e.contains("channel 0 is listed twice"), "{e}");
 }
