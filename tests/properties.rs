@@ -17,8 +17,9 @@
 //! PROPTEST_CASES=500 WGPU_BACKEND=vulkan cargo test --release --test properties -- --include-ignored
 //! ```
 //!
-//! Failures found by these properties are kept as plain regression tests at the end of the
-//! file (`regression_*`). GPU tests never skip: without an adapter they fail.
+//! Failures found by these properties, or by the `operators` fuzz target in an operator's
+//! numerics, are kept as plain regression tests at the end of the file (`regression_*`) on
+//! both engines. GPU tests never skip: without an adapter they fail.
 
 mod support;
 
@@ -1312,4 +1313,48 @@ properties! {
     classifier, classifier_large: classifier_case => classifier_property;
     glm, glm_large: glm_case => glm_property;
     chain, chain_large: chain_case => chain_property;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Regressions
+
+/// Found by the `operators` fuzz target (`fuzz/corpus/operators/crash-lrr-svd-nan`): a
+/// subnormal ridge on a dead channel made the equilibration's `s²` overflow to infinity, the
+/// singular cluster's pseudo-inverse then met a NaN and nalgebra's SVD panicked. Now the
+/// weights are finite, the dead channel's are zero, and both engines agree.
+#[test]
+fn regression_lrr_subnormal_ridge_on_a_dead_channel() {
+    let settings = LrrSettings {
+        ridge_lambda: 2.781342323134e-309,
+        incremental: false,
+        full_covariance: true,
+        update_every: 3,
+        ..Default::default()
+    };
+    let x = ndarray::arr2(&[[397.54688f32, 397.54688, 397.54688, 0.0]]);
+    let mut outputs = Vec::new();
+    for (name, engine) in support::engines() {
+        let mut lrr = Lrr::new(&engine, settings.clone()).expect("valid settings");
+        lrr.partial_fit(x.view()).expect("fit");
+        let y = lrr
+            .transform(x.view())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let w = lrr.weights().expect("weights");
+        assert!(w.iter().all(|v| v.is_finite()), "{name}: {w:?}");
+        assert!(
+            w.row(3).iter().chain(w.column(3).iter()).all(|&v| v == 0.0),
+            "{name}: dead channel 3 has weights: {w:?}"
+        );
+        outputs.push((w, y));
+    }
+    let (cpu, gpu) = (&outputs[0], &outputs[1]);
+    let norm = cpu.0.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let dw = cpu
+        .0
+        .iter()
+        .zip(gpu.0.iter())
+        .map(|(a, b)| (a - b).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    assert!(dw <= 1e-4 * (1.0 + norm), "GPU vs CPU: |ΔW| {dw}");
 }
