@@ -155,3 +155,32 @@ fn cli_repeated_cluster_ranges_stop_at_the_first_repeat() {
     let e = check_cli("regress-repeated-ranges").expect_err("repeated channels");
     assert!(e.contains("channel 0 is listed twice"), "{e}");
 }
+
+/// Found by the `spikeglx_meta` target: `snsApLfSy=10,018446744073709551615,1` made the sum
+/// of the counts overflow (a panic with overflow checks, a wrong sum without). Every count
+/// is now at most `MAX_CHANNELS`, which also bounds the `acqApLfSy` sums and the channel
+/// numbers built from them.
+#[test]
+fn spikeglx_meta_with_huge_counts_is_a_format_error() {
+    for name in [
+        "crash-counts-sum-overflow",
+        "regress-acq-counts-overflow.meta",
+    ] {
+        let meta = corpus_file("spikeglx_meta", name);
+        let text = std::str::from_utf8(&meta).expect("text");
+        let bin = vec![0u8; 22 * 10];
+        let r = neurokernels::Recording::from_spikeglx_bytes(text, bin);
+        assert_format_error(r, "channels supported");
+    }
+}
+
+/// 64 ranges `0:1048575` in `snsSaveChanSubset` were all expanded (256 MB; a longer list,
+/// an abort) before the count was compared with `nSavedChans`; the list is now cut off at
+/// `MAX_CHANNELS` entries.
+#[test]
+fn spikeglx_meta_with_many_long_subset_ranges_is_a_format_error() {
+    let meta = corpus_file("spikeglx_meta", "regress-subset-many-long-ranges.meta");
+    let text = std::str::from_utf8(&meta).expect("text");
+    let r = neurokernels::Recording::from_spikeglx_bytes(text, vec![0u8; 22 * 10]);
+    assert_format_error(r, "snsSaveChanSubset");
+}

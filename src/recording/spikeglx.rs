@@ -120,6 +120,16 @@ impl Reader<'_> {
                 format!("`{key}={v}` should hold {n} counts"),
             ));
         }
+        // Bounded so that their sums and channel numbers cannot overflow.
+        if let Some(&big) = parts.iter().find(|&&p| p > super::MAX_CHANNELS) {
+            return Err(format_err(
+                self.path,
+                format!(
+                    "`{key}={v}`: count {big} is more than the {} channels supported",
+                    super::MAX_CHANNELS
+                ),
+            ));
+        }
         Ok(Some(parts))
     }
 }
@@ -133,7 +143,9 @@ fn parse_subset(path: &Path, v: &str) -> Result<Vec<u32>> {
         if let Some((a, b)) = item.split_once(':') {
             let a: u32 = a.trim().parse().map_err(|_| bad())?;
             let b: u32 = b.trim().parse().map_err(|_| bad())?;
-            if b < a || (b - a) as usize > 1 << 20 {
+            // In all at most MAX_CHANNELS (more cannot match `nSavedChans`): many long
+            // ranges must not expand without bound.
+            if b < a || out.len() + (b - a) as usize >= super::MAX_CHANNELS {
                 return Err(bad());
             }
             out.extend(a..=b);
