@@ -14,7 +14,7 @@
 //! under a minute per backend). The named command for a long run, with larger shapes too:
 //!
 //! ```text
-//! PROPTEST_CASES=500 WGPU_BACKEND=vulkan cargo test --release --test properties -- --include-ignored
+//! PROPTEST_CASES=500 WGPU_BACKEND=vulkan cargo test --test properties -- --include-ignored
 //! ```
 //!
 //! Failures found by these properties, or by the `operators` fuzz target in an operator's
