@@ -44,6 +44,17 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
+/// Checks a parsed command line without running it: every flag's value and the chain
+/// settings they give. `process` is checked as for a recording of `n_channels` channels at
+/// `fs` (the recording itself is not opened), `simulate` with its own channel count and rate.
+#[allow(dead_code)] // the binary validates as it runs; the fuzz targets call this alone
+pub fn check(cli: &Cli, n_channels: usize, fs: f64) -> Result<(), CliError> {
+    match &cli.command {
+        Command::Simulate(a) => simulate::check(a),
+        Command::Process(a) => process::check(a, n_channels, fs),
+    }
+}
+
 /// Which engine runs the chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Backend {
@@ -166,42 +177,53 @@ fn parse_clusters(text: &str, n_channels: usize) -> Result<Vec<Vec<usize>>, CliE
         }
         return Ok(neurokernels::lrr::consecutive_clusters(n_channels, k));
     }
-    let mut out = Vec::new();
+    // First every item, as an inclusive range checked against the channel count; then the
+    // members, each checked once against those already seen, so that no range is expanded
+    // past the first repeated channel and nothing is sized by the channel count.
+    let mut groups: Vec<Vec<(usize, usize)>> = Vec::new();
     for group in text.split(';').filter(|g| !g.trim().is_empty()) {
-        let mut members = Vec::new();
+        let mut ranges = Vec::new();
         for item in group.split(',').map(str::trim).filter(|i| !i.is_empty()) {
             let num = |s: &str| {
                 s.trim()
                     .parse::<usize>()
                     .map_err(|_| bad(format!("{s:?} is not a channel index")))
             };
-            match item.split_once('-') {
-                Some((a, b)) => {
-                    let (a, b) = (num(a)?, num(b)?);
-                    if b < a {
-                        return Err(bad(format!("range {item:?} is reversed")));
-                    }
-                    members.extend(a..=b);
+            let (a, b) = match item.split_once('-') {
+                Some((a, b)) => (num(a)?, num(b)?),
+                None => {
+                    let c = num(item)?;
+                    (c, c)
                 }
-                None => members.push(num(item)?),
+            };
+            if b < a {
+                return Err(bad(format!("range {item:?} is reversed")));
+            }
+            if b >= n_channels {
+                return Err(bad(format!(
+                    "channel {b} is out of range ({n_channels} channels)"
+                )));
+            }
+            ranges.push((a, b));
+        }
+        groups.push(ranges);
+    }
+    if groups.is_empty() {
+        return Err(bad("no clusters given".into()));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::with_capacity(groups.len());
+    for ranges in groups {
+        let mut members = Vec::new();
+        for (a, b) in ranges {
+            for c in a..=b {
+                if !seen.insert(c) {
+                    return Err(bad(format!("channel {c} is listed twice")));
+                }
+                members.push(c);
             }
         }
         out.push(members);
-    }
-    if out.is_empty() {
-        return Err(bad("no clusters given".into()));
-    }
-    let mut seen = vec![false; n_channels];
-    for &c in out.iter().flatten() {
-        match seen.get_mut(c) {
-            None => {
-                return Err(bad(format!(
-                    "channel {c} is out of range ({n_channels} channels)"
-                )))
-            }
-            Some(true) => return Err(bad(format!("channel {c} is listed twice"))),
-            Some(s) => *s = true,
-        }
     }
     Ok(out)
 }

@@ -91,6 +91,12 @@ fn create<T: neurokernels::recording::NpyElement>(
     NpyWriter::create(dir.join(name), width).map_err(|e| format!("--out: {e}"))
 }
 
+/// Checks the flags as [`run`] does, for a recording of `n_channels` channels at `fs`.
+pub fn check(a: &ProcessArgs, n_channels: usize, fs: f64) -> Result<(), CliError> {
+    open_options(a)?;
+    a.chain.settings(n_channels, fs).map(drop)
+}
+
 /// Streams the recording through the chain.
 pub fn run(a: ProcessArgs) -> Result<(), CliError> {
     let options = open_options(&a)?;

@@ -98,9 +98,8 @@ fn write_all(dir: &std::path::Path, r: &SimReport) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Runs the simulation and prints its scores.
-pub fn run(a: SimulateArgs) -> Result<(), CliError> {
-    let settings = SimSettings {
+fn sim_settings(a: &SimulateArgs) -> SimSettings {
+    SimSettings {
         channels: a.channels,
         fs: a.fs,
         trials: a.trials,
@@ -116,7 +115,19 @@ pub fn run(a: SimulateArgs) -> Result<(), CliError> {
         chunk_seconds: a.chain.chunk_ms / 1000.0,
         fit_seconds: a.chain.fit_seconds,
         ..Default::default()
-    };
+    }
+}
+
+/// Checks the flags (the simulation's settings and the chain's) without running anything.
+pub fn check(a: &SimulateArgs) -> Result<(), CliError> {
+    sim_settings(a).validate().map_err(|e| e.to_string())?;
+    a.chain.settings(a.channels, a.fs).map(drop)
+}
+
+/// Runs the simulation and prints its scores.
+pub fn run(a: SimulateArgs) -> Result<(), CliError> {
+    check(&a)?;
+    let settings = sim_settings(&a);
     let engine = a.chain.backend.engine()?;
     let chain = a.chain.settings(a.channels, a.fs)?;
     println!("engine: {}", engine.describe());

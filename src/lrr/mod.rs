@@ -218,6 +218,16 @@ pub fn read_csv(path: impl AsRef<Path>) -> Result<Array2<f64>> {
     let path = path.as_ref();
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::setting("weights", format!("cannot read {}: {e}", path.display())))?;
+    csv_matrix(path, &text)
+}
+
+/// Parses the text of a CSV matrix, as [`read_csv`] reads a file; errors name the file
+/// `<memory>`.
+pub fn parse_csv(text: &str) -> Result<Array2<f64>> {
+    csv_matrix(Path::new("<memory>"), text)
+}
+
+fn csv_matrix(path: &Path, text: &str) -> Result<Array2<f64>> {
     let mut rows: Vec<Vec<f64>> = Vec::new();
     for (ln, line) in text.lines().enumerate() {
         let t = line.trim();

@@ -49,9 +49,12 @@ pub(crate) fn solve_cluster(c: &[f64], k: usize, lambda: f64) -> Solved {
         a[p * k + p] += lambda;
     }
     let s: Vec<f64> = (0..k).map(|p| pow2_scale(a[p * k + p])).collect();
+    // `(a·s_i)·s_j`, not `a·(s_i·s_j)`: for a subnormal diagonal (a subnormal ridge on a dead
+    // channel) `s_i²` overflows to infinity while the scaled entry is about 1. Both are exact
+    // products by powers of two otherwise.
     for i in 0..k {
         for j in 0..k {
-            a[i * k + j] *= s[i] * s[j];
+            a[i * k + j] = a[i * k + j] * s[i] * s[j];
         }
     }
     let diag: Vec<f64> = (0..k).map(|p| a[p * k + p]).collect();
@@ -162,6 +165,10 @@ fn pseudo_inverse(a: &[f64], diag: &[f64], k: usize) -> Vec<f64> {
         return out;
     }
     let b = DMatrix::from_fn(m, m, |i, j| a[live[i] * k + live[j]]);
+    if b.iter().any(|v| !v.is_finite()) {
+        // nalgebra's SVD panics on a NaN; an unusable block gets zero weights.
+        return out;
+    }
     let svd = b.svd(true, true);
     let smax = svd.singular_values.iter().cloned().fold(0.0, f64::max);
     let Ok(p) = svd.pseudo_inverse(PINV_RCOND * smax) else {

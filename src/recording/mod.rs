@@ -59,7 +59,8 @@
 //! Opening checks everything that would make a later read wrong and returns
 //! [`Error::Format`] (or [`Error::Io`] when a file cannot be read), naming the file and the
 //! problem: missing `.meta`, a data size that is not a whole number of samples, a metadata
-//! channel count or file size that does not match the data, 0 channels, a missing or
+//! channel count or file size that does not match the data, 0 channels or more than
+//! [`MAX_CHANNELS`], a missing or
 //! non-positive sample rate, unparsable metadata values, `snsSaveChanSubset` indices out of
 //! range. An unknown dtype name given to [`Dtype::from_str`](std::str::FromStr) is an
 //! [`Error::InvalidSetting`].
@@ -80,6 +81,22 @@ pub use npy::{NpyElement, NpyWriter};
 
 use crate::error::{Error, Result};
 use npy::{format_err, io_err};
+
+/// The most values per sample a recording may store: far above any acquisition system's
+/// channel count, and a bound on the per-channel tables built when a file is opened (a
+/// header claiming more is an [`Error::Format`], even when the file holds no samples).
+pub const MAX_CHANNELS: usize = 1 << 20;
+
+/// [`Error::Format`] naming `field` when `n` exceeds [`MAX_CHANNELS`].
+fn check_channel_count(path: &Path, field: &str, n: u64) -> Result<()> {
+    if n > MAX_CHANNELS as u64 {
+        return Err(format_err(
+            path,
+            format!("{field}={n} is more than the {MAX_CHANNELS} channels supported"),
+        ));
+    }
+    Ok(())
+}
 
 /// Element type of plain binary and `.npy` data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,9 +208,19 @@ pub struct Recording {
     path: PathBuf,
     layout: Layout,
     gains: Vec<f32>,
-    map: Option<Mmap>,
+    data: Data,
     n_samples: usize,
 }
+
+/// Where a recording's bytes live: a memory-mapped file (`None` when it is empty) or a buffer
+/// handed over by the caller.
+enum Data {
+    Mapped(Option<Mmap>),
+    Owned(Vec<u8>),
+}
+
+/// The stand-in file name of in-memory recordings in error messages.
+const IN_MEMORY: &str = "<memory>";
 
 impl std::fmt::Debug for Recording {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -301,6 +328,7 @@ impl Recording {
         if raw.channels == 0 {
             return Err(format_err(path, "raw format with 0 channels"));
         }
+        check_channel_count(path, "raw channels", raw.channels as u64)?;
         if !(raw.fs.is_finite() && raw.fs > 0.0) {
             return Err(format_err(
                 path,
@@ -335,115 +363,163 @@ impl Recording {
     fn open_npy(path: &Path, options: &OpenOptions) -> Result<Self> {
         let file = File::open(path).map_err(|e| io_err(path, "cannot open", e))?;
         let map = map_file(path, &file)?;
-        let bytes: &[u8] = map.as_deref().unwrap_or(&[]);
-        let h = npy::parse_header(path, bytes)?;
-        if h.fortran_order {
-            return Err(format_err(
-                path,
-                "Fortran-order .npy is not supported (save it C-ordered, time × channels)",
-            ));
-        }
-        let dtype = match h.descr.as_str() {
-            "<i2" => Dtype::I16,
-            "<f4" => Dtype::F32,
-            d => {
-                return Err(format_err(
-                    path,
-                    format!(".npy dtype `{d}` is not supported (want <i2 or <f4)"),
-                ))
-            }
-        };
-        let (rows, cols) = match h.shape.as_slice() {
-            [t] => (*t, 1),
-            [t, c] => (*t, *c),
-            s => {
-                return Err(format_err(
-                    path,
-                    format!(".npy shape {s:?} is not time × channels"),
-                ))
-            }
-        };
-        if cols == 0 {
-            return Err(format_err(path, ".npy with 0 channels"));
-        }
-        let fs = options.fs.or(options.raw.map(|r| r.fs)).ok_or_else(|| {
-            format_err(
-                path,
-                "missing sample rate (an .npy file does not store one)",
-            )
-        })?;
-        if !(fs.is_finite() && fs > 0.0) {
-            return Err(format_err(
-                path,
-                format!("sample rate {fs} is not positive"),
-            ));
-        }
-        let uv = options.raw.map_or(1.0, |r| r.uv_per_bit);
-        if !(uv.is_finite() && uv > 0.0) {
-            return Err(format_err(path, format!("uv_per_bit {uv} is not positive")));
-        }
-        let expect = rows
-            .checked_mul(cols)
-            .and_then(|v| v.checked_mul(dtype.size() as u64))
-            .ok_or_else(|| format_err(path, ".npy shape overflows"))?;
-        let have = (bytes.len() - h.data_offset.min(bytes.len())) as u64;
-        if have != expect {
-            return Err(format_err(
-                path,
-                format!(
-                    "truncated: shape {rows}×{cols} needs {expect} data bytes, file has {have}"
-                ),
-            ));
-        }
-        let n = cols as usize;
-        let layout = Layout {
-            format: "npy",
-            data_offset: h.data_offset,
-            dtype,
-            stored_channels: n,
-            fs,
-            neural_cols: (0..n).collect(),
-            sync_col: None,
-            channel_ids: (0..n as u32).collect(),
-            channel_names: (0..n).map(|c| c.to_string()).collect(),
-            uv_per_bit: vec![uv; n],
-            first_sample: 0,
-            metadata_path: None,
-            meta: json!({ "descr": h.descr, "shape": h.shape }),
-        };
-        let n_samples = usize::try_from(rows).map_err(|_| format_err(path, "too many rows"))?;
-        Ok(Self::assemble(path, layout, map, n_samples))
+        let (layout, n_samples) = npy_layout(path, map.as_deref().unwrap_or(&[]), options)?;
+        Ok(Self::assemble(path, layout, Data::Mapped(map), n_samples))
     }
 
+    /// Reads an `.npy` recording held in memory (the whole file's bytes), with the same
+    /// checks and the same options as [`Recording::open`] of an `.npy` file; errors name the
+    /// file `<memory>`.
+    pub fn from_npy_bytes(bytes: Vec<u8>, options: &OpenOptions) -> Result<Self> {
+        let path = Path::new(IN_MEMORY);
+        let (layout, n_samples) = npy_layout(path, &bytes, options)?;
+        Ok(Self::assemble(path, layout, Data::Owned(bytes), n_samples))
+    }
+
+    /// Reads a SpikeGLX recording held in memory: the `.meta` file's text and the `.bin`
+    /// file's bytes, with the same checks as [`Recording::open`] of a `.bin` next to its
+    /// `.meta`; errors name the files `<memory>.meta` and `<memory>.bin`.
+    pub fn from_spikeglx_bytes(meta: &str, bin: Vec<u8>) -> Result<Self> {
+        let bin_path = Path::new("<memory>.bin");
+        let layout = spikeglx::layout_from_text(
+            bin_path,
+            Path::new("<memory>.meta"),
+            meta,
+            bin.len() as u64,
+        )?;
+        Self::with_data(bin_path, layout, Data::Owned(bin))
+    }
+
+    /// Reads an Open Ephys stream held in memory: the `structure.oebin` text and the
+    /// stream's `continuous.dat` bytes. The stream is the first whose `folder_name` contains
+    /// `stream`, else the first; the first sample is 0 (there is no `sample_numbers.npy`).
+    /// The checks are those of [`Recording::open`]; errors name the files
+    /// `<memory>/structure.oebin` and `<memory>/continuous/<folder>/continuous.dat`.
+    pub fn from_openephys_bytes(oebin: &str, dat: Vec<u8>, stream: Option<&str>) -> Result<Self> {
+        let oebin_path = Path::new("<memory>/structure.oebin");
+        let (layout, data_path) = openephys::stream_layout(oebin_path, oebin, None, stream)?;
+        Self::with_data(&data_path, layout, Data::Owned(dat))
+    }
+}
+
+/// The layout and the sample count of an `.npy` file whose bytes (or a prefix holding at
+/// least the header) are `bytes`.
+fn npy_layout(path: &Path, bytes: &[u8], options: &OpenOptions) -> Result<(Layout, usize)> {
+    let h = npy::parse_header(path, bytes)?;
+    if h.fortran_order {
+        return Err(format_err(
+            path,
+            "Fortran-order .npy is not supported (save it C-ordered, time × channels)",
+        ));
+    }
+    let dtype = match h.descr.as_str() {
+        "<i2" => Dtype::I16,
+        "<f4" => Dtype::F32,
+        d => {
+            return Err(format_err(
+                path,
+                format!(".npy dtype `{d}` is not supported (want <i2 or <f4)"),
+            ))
+        }
+    };
+    let (rows, cols) = match h.shape.as_slice() {
+        [t] => (*t, 1),
+        [t, c] => (*t, *c),
+        s => {
+            return Err(format_err(
+                path,
+                format!(".npy shape {s:?} is not time × channels"),
+            ))
+        }
+    };
+    if cols == 0 {
+        return Err(format_err(path, ".npy with 0 channels"));
+    }
+    check_channel_count(path, ".npy channels", cols)?;
+    let fs = options.fs.or(options.raw.map(|r| r.fs)).ok_or_else(|| {
+        format_err(
+            path,
+            "missing sample rate (an .npy file does not store one)",
+        )
+    })?;
+    if !(fs.is_finite() && fs > 0.0) {
+        return Err(format_err(
+            path,
+            format!("sample rate {fs} is not positive"),
+        ));
+    }
+    let uv = options.raw.map_or(1.0, |r| r.uv_per_bit);
+    if !(uv.is_finite() && uv > 0.0) {
+        return Err(format_err(path, format!("uv_per_bit {uv} is not positive")));
+    }
+    let expect = rows
+        .checked_mul(cols)
+        .and_then(|v| v.checked_mul(dtype.size() as u64))
+        .ok_or_else(|| format_err(path, ".npy shape overflows"))?;
+    let have = (bytes.len() - h.data_offset.min(bytes.len())) as u64;
+    if have != expect {
+        return Err(format_err(
+            path,
+            format!("truncated: shape {rows}×{cols} needs {expect} data bytes, file has {have}"),
+        ));
+    }
+    let n = cols as usize;
+    let layout = Layout {
+        format: "npy",
+        data_offset: h.data_offset,
+        dtype,
+        stored_channels: n,
+        fs,
+        neural_cols: (0..n).collect(),
+        sync_col: None,
+        channel_ids: (0..n as u32).collect(),
+        channel_names: (0..n).map(|c| c.to_string()).collect(),
+        uv_per_bit: vec![uv; n],
+        first_sample: 0,
+        metadata_path: None,
+        meta: json!({ "descr": h.descr, "shape": h.shape }),
+    };
+    let n_samples = usize::try_from(rows).map_err(|_| format_err(path, "too many rows"))?;
+    Ok((layout, n_samples))
+}
+
+impl Recording {
     fn from_layout(path: &Path, layout: Layout) -> Result<Self> {
         let file = File::open(path).map_err(|e| io_err(path, "cannot open", e))?;
         let map = map_file(path, &file)?;
-        let len = map.as_ref().map_or(0, |m| m.len());
+        Self::with_data(path, layout, Data::Mapped(map))
+    }
+
+    fn with_data(path: &Path, layout: Layout, data: Data) -> Result<Self> {
+        let len = match &data {
+            Data::Mapped(map) => map.as_ref().map_or(0, |m| m.len()),
+            Data::Owned(bytes) => bytes.len(),
+        };
         let frame = layout.stored_channels * layout.dtype.size();
         if frame == 0 {
             return Err(format_err(path, "0 channels"));
         }
-        let data = len.saturating_sub(layout.data_offset);
-        if !data.is_multiple_of(frame) {
+        let bytes = len.saturating_sub(layout.data_offset);
+        if !bytes.is_multiple_of(frame) {
             return Err(format_err(
                 path,
                 format!(
-                    "truncated: {data} data bytes is not a whole number of {}-channel {} samples",
+                    "truncated: {bytes} data bytes is not a whole number of {}-channel {} samples",
                     layout.stored_channels, layout.dtype
                 ),
             ));
         }
-        let n_samples = data / frame;
-        Ok(Self::assemble(path, layout, map, n_samples))
+        let n_samples = bytes / frame;
+        Ok(Self::assemble(path, layout, data, n_samples))
     }
 
-    fn assemble(path: &Path, layout: Layout, map: Option<Mmap>, n_samples: usize) -> Self {
+    fn assemble(path: &Path, layout: Layout, data: Data, n_samples: usize) -> Self {
         let gains = layout.uv_per_bit.iter().map(|&g| g as f32).collect();
         Self {
             path: path.to_path_buf(),
             layout,
             gains,
-            map,
+            data,
             n_samples,
         }
     }
@@ -512,7 +588,10 @@ impl Recording {
     }
 
     fn bytes(&self) -> &[u8] {
-        self.map.as_deref().unwrap_or(&[])
+        match &self.data {
+            Data::Mapped(map) => map.as_deref().unwrap_or(&[]),
+            Data::Owned(bytes) => bytes,
+        }
     }
 
     fn check_range(&self, what: &'static str, start: usize, len: usize) -> Result<()> {

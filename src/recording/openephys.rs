@@ -85,8 +85,23 @@ pub(crate) fn layout(
     stream: Option<&str>,
 ) -> Result<(Layout, PathBuf, Option<SampleCount>)> {
     let text = std::fs::read_to_string(oebin).map_err(|e| io_err(oebin, "cannot read", e))?;
+    let (mut layout, data) = stream_layout(oebin, &text, dat, stream)?;
+    let numbers = first_sample_number(data.parent().unwrap_or(Path::new(".")))?;
+    layout.first_sample = numbers.as_ref().map_or(0, |n| n.0);
+    let counted = numbers.map(|(_, count, p)| (count, p));
+    Ok((layout, data, counted))
+}
+
+/// The layout (first sample 0) and the data file of the stream picked (as for [`layout`])
+/// from `text`, the contents of `oebin`.
+pub(crate) fn stream_layout(
+    oebin: &Path,
+    text: &str,
+    dat: Option<&Path>,
+    stream: Option<&str>,
+) -> Result<(Layout, PathBuf)> {
     let root: Value =
-        serde_json::from_str(&text).map_err(|e| format_err(oebin, format!("invalid JSON: {e}")))?;
+        serde_json::from_str(text).map_err(|e| format_err(oebin, format!("invalid JSON: {e}")))?;
     let streams = root
         .get("continuous")
         .and_then(Value::as_array)
@@ -154,6 +169,7 @@ pub(crate) fn layout(
             format!("continuous[{index}] has 0 channels"),
         ));
     }
+    super::check_channel_count(oebin, "num_channels", n as u64)?;
     let channels = s
         .get("channels")
         .and_then(Value::as_array)
@@ -194,9 +210,6 @@ pub(crate) fn layout(
         Some(d) => d.to_path_buf(),
         None => data_dir.join("continuous.dat"),
     };
-    let numbers = first_sample_number(data.parent().unwrap_or(&data_dir))?;
-    let first_sample = numbers.as_ref().map_or(0, |n| n.0);
-    let counted = numbers.map(|(_, count, p)| (count, p));
     let meta = json!({
         "oebin": oebin.display().to_string(),
         "stream_index": index,
@@ -217,12 +230,11 @@ pub(crate) fn layout(
             channel_ids: (0..n as u32).collect(),
             channel_names: names,
             uv_per_bit: uv,
-            first_sample,
+            first_sample: 0,
             metadata_path: Some(oebin.to_path_buf()),
             meta,
         },
         data,
-        counted,
     ))
 }
 

@@ -120,6 +120,16 @@ impl Reader<'_> {
                 format!("`{key}={v}` should hold {n} counts"),
             ));
         }
+        // Bounded so that their sums and channel numbers cannot overflow.
+        if let Some(&big) = parts.iter().find(|&&p| p > super::MAX_CHANNELS) {
+            return Err(format_err(
+                self.path,
+                format!(
+                    "`{key}={v}`: count {big} is more than the {} channels supported",
+                    super::MAX_CHANNELS
+                ),
+            ));
+        }
         Ok(Some(parts))
     }
 }
@@ -133,7 +143,9 @@ fn parse_subset(path: &Path, v: &str) -> Result<Vec<u32>> {
         if let Some((a, b)) = item.split_once(':') {
             let a: u32 = a.trim().parse().map_err(|_| bad())?;
             let b: u32 = b.trim().parse().map_err(|_| bad())?;
-            if b < a || (b - a) as usize > 1 << 20 {
+            // In all at most MAX_CHANNELS (more cannot match `nSavedChans`): many long
+            // ranges must not expand without bound.
+            if b < a || out.len() + (b - a) as usize >= super::MAX_CHANNELS {
                 return Err(bad());
             }
             out.extend(a..=b);
@@ -186,7 +198,17 @@ pub(crate) fn layout(bin: &Path, meta_path: &Path, bin_len: u64) -> Result<Layou
         path: meta_path.display().to_string(),
         message: format!("cannot read SpikeGLX metadata: {e}"),
     })?;
-    let meta = Meta::parse(meta_path, &text)?;
+    layout_from_text(bin, meta_path, &text, bin_len)
+}
+
+/// The layout of a `.bin` of `bin_len` bytes whose `.meta` file (at `meta_path`) holds `text`.
+pub(crate) fn layout_from_text(
+    bin: &Path,
+    meta_path: &Path,
+    text: &str,
+    bin_len: u64,
+) -> Result<Layout> {
+    let meta = Meta::parse(meta_path, text)?;
     let mut r = Reader {
         path: meta_path,
         meta: &meta,
@@ -209,6 +231,7 @@ pub(crate) fn layout(bin: &Path, meta_path: &Path, bin_len: u64) -> Result<Layou
     if n_saved == 0 {
         return Err(format_err(meta_path, "`nSavedChans` is 0"));
     }
+    super::check_channel_count(meta_path, "nSavedChans", n_saved as u64)?;
     let file_size: u64 = r.num("fileSizeBytes")?;
     if file_size != bin_len {
         return Err(format_err(

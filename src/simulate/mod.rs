@@ -50,7 +50,7 @@ use crate::events::Event;
 /// Settings of the simulation. Defaults are SPEC §7's.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SimSettings {
-    /// Channels, one neuron each (default 384).
+    /// Channels, one neuron each (default 384; at most [`crate::recording::MAX_CHANNELS`]).
     pub channels: usize,
     /// Sample rate in Hz (default 30 000).
     pub fs: f64,
@@ -129,7 +129,8 @@ impl SimSettings {
         crate::lrr::consecutive_clusters(self.channels, self.cluster_size)
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Checks every setting: [`Error::InvalidSetting`] naming the first one out of range.
+    pub fn validate(&self) -> Result<()> {
         let pos = |name: &'static str, v: f64| {
             if v.is_finite() && v > 0.0 {
                 Ok(())
@@ -160,6 +161,16 @@ impl SimSettings {
             if v == 0 {
                 return Err(Error::setting(name, "must be at least 1"));
             }
+        }
+        if self.channels > crate::recording::MAX_CHANNELS {
+            return Err(Error::setting(
+                "channels",
+                format!(
+                    "at most {} (a recording's channel limit), got {}",
+                    crate::recording::MAX_CHANNELS,
+                    self.channels
+                ),
+            ));
         }
         pos("fs", self.fs)?;
         if self.fs < 2000.0 {
