@@ -5,6 +5,7 @@
 //! exact definition and error bound.
 
 #![warn(missing_docs)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod binning;
 pub mod chain;
