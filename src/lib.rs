@@ -3,8 +3,16 @@
 //! The core kernels of neural-data processing as WGSL compute shaders on wgpu, with a CPU
 //! engine of the same API. See `README.md` for a tour, and each module for its operator's
 //! exact definition and error bound.
+//!
+//! ## Threads
+//!
+//! All public types are `Send + Sync`. Operators and [`chain::Chain`] process through
+//! `&mut self`, so each stream is driven by one thread at a time; to share one device, clone the
+//! [`Engine`] (its GPU variant holds an `Arc<GpuContext>`) into each thread and build that
+//! thread's operators from it.
 
 #![warn(missing_docs)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod binning;
 pub mod chain;

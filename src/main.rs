@@ -6,6 +6,8 @@
 //!
 //! `neurokernels --help` and `neurokernels <command> --help` list every flag.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod cli;
 
 use std::process::ExitCode;

@@ -197,3 +197,28 @@ fn a_stream_passing_sample_two_to_the_32_keeps_absolute_positions() {
         assert!(events.iter().any(|ev| ev.sample >= 1 << 32), "{name}");
     }
 }
+
+#[test]
+fn a_recording_whose_every_channel_is_constant_detects_nothing() {
+    let x = Array2::<f32>::from_elem((12_000, 8), 25.0);
+    for (name, e) in engines() {
+        let mut chain = Chain::calibrate(
+            &e,
+            ChainSettings::default(),
+            FS,
+            x.slice(s![..3_000, ..]),
+            0,
+        )
+        .expect("calibrate");
+        let mut events = 0;
+        for at in (0..x.nrows()).step_by(1_000) {
+            events += chain
+                .process(x.slice(s![at..at + 1_000, ..]))
+                .expect("chunk")
+                .events
+                .len();
+        }
+        assert_eq!(events, 0, "{name}");
+        assert_eq!(chain.calibration().dead_channels.len(), 8, "{name}");
+    }
+}
