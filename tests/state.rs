@@ -115,3 +115,38 @@ fn filter_refuses_other_settings_and_corrupt_bytes_state_unchanged() {
         );
     }
 }
+
+/// A device destroyed mid-stream (`wgpu::Device::destroy`): the next chunk fails with a typed
+/// error (no panic), and a filter on a new engine restored from the last saved state gives the
+/// uninterrupted stream's output bit-for-bit. Runs on Vulkan and GL alike (on GL the destroy
+/// also makes the next submission fail; the restore on the new engine is checked the same).
+#[test]
+fn filter_resumes_on_a_new_engine_after_the_device_is_destroyed() {
+    use neurokernels::GpuOptions;
+    let x = signal(2000, 4, 4);
+    let at = 900;
+    let open = || Engine::gpu(&GpuOptions::software_ok()).expect("a GPU adapter");
+    let (whole, _) = run_split(&mut filter(&open()), &x, at);
+    let doomed = open();
+    let mut f = filter(&doomed);
+    f.process(x.slice(s![..at, ..])).expect("first half");
+    let saved = f.save_state().expect("save");
+    let Engine::Gpu(ctx) = &doomed else {
+        unreachable!("Engine::gpu returns the GPU engine")
+    };
+    ctx.device().destroy();
+    let err = f
+        .process(x.slice(s![at.., ..]))
+        .expect_err("a destroyed device must fail the chunk");
+    assert!(
+        matches!(
+            err,
+            Error::DeviceLost(_) | Error::Validation(_) | Error::Readback(_)
+        ),
+        "unexpected error {err:?}"
+    );
+    let mut g = filter(&open());
+    g.restore_state(&saved).expect("restore on a new engine");
+    let tail = g.process(x.slice(s![at.., ..])).expect("resumed");
+    assert_eq!(tail, whole.slice(s![at.., ..]));
+}
