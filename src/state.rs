@@ -241,6 +241,16 @@ impl<'a> StateReader<'a> {
     }
 }
 
+/// A fuzz entry: restores arbitrary `bytes` into a fresh operator of each kind that saves its
+/// state (now the band-pass filter, default settings at 20 kHz, on the CPU engine). Returns
+/// `Ok` or [`Error::State`]; it never panics, whatever the bytes.
+pub fn fuzz_restore(bytes: &[u8]) -> Result<()> {
+    let engine = crate::engine::Engine::cpu();
+    let mut filter =
+        crate::filter::BandpassFilter::new(&engine, crate::filter::FilterSettings::default(), 2e4)?;
+    filter.restore_state(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

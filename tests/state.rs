@@ -150,3 +150,26 @@ fn filter_resumes_on_a_new_engine_after_the_device_is_destroyed() {
     let tail = g.process(x.slice(s![at.., ..])).expect("resumed");
     assert_eq!(tail, whole.slice(s![at.., ..]));
 }
+
+/// The fuzz entry takes random bytes, and a valid state's prefixes and bit flips, without
+/// panicking; only the valid state restores.
+#[test]
+fn fuzz_entry_never_panics() {
+    let x = signal(300, 1, 5);
+    let mut f = filter(&Engine::cpu());
+    let (_, st) = run_split(&mut f, &x, 100);
+    assert!(neurokernels::state::fuzz_restore(&st).is_ok());
+    let mut r = rng(6);
+    for cut in 0..st.len() {
+        assert!(neurokernels::state::fuzz_restore(&st[..cut]).is_err());
+    }
+    for _ in 0..2000 {
+        let mut bad = st.clone();
+        let i = r.random_range(0..bad.len());
+        bad[i] = r.random();
+        let _ = neurokernels::state::fuzz_restore(&bad);
+        let len = r.random_range(0..64);
+        let junk: Vec<u8> = (0..len).map(|_| r.random()).collect();
+        assert!(neurokernels::state::fuzz_restore(&junk).is_err());
+    }
+}
