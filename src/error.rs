@@ -60,6 +60,31 @@ pub enum Error {
     /// The device ran out of memory.
     #[error("GPU out of memory: {0}")]
     OutOfMemory(String),
+    /// Creating a device buffer would take the context's live device bytes past its memory
+    /// budget ([`crate::GpuOptions::memory_budget`]). Nothing was allocated; smaller chunks go
+    /// on working.
+    #[error(
+        "device memory budget exceeded: {requested} bytes requested, {live} live, budget {budget}"
+    )]
+    DeviceMemory {
+        /// Bytes of the buffer that was refused.
+        requested: u64,
+        /// Live device bytes of the context at the time.
+        live: u64,
+        /// The context's budget.
+        budget: u64,
+    },
+    /// A chunk needs a buffer, binding or dispatch larger than the device's limits allow.
+    /// Nothing was allocated; smaller chunks go on working.
+    #[error("device limit `{limit}` exceeded: {requested} requested, at most {max}")]
+    DeviceLimit {
+        /// Which limit (a field of [`wgpu::Limits`]).
+        limit: &'static str,
+        /// What was asked for.
+        requested: u64,
+        /// The device's limit.
+        max: u64,
+    },
     /// wgpu reported a validation or internal error (a bug in this crate if it ever happens).
     #[error("GPU validation error: {0}")]
     Validation(String),

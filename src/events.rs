@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use crate::gpu::TrackedBuffer;
+
 /// One event: an absolute stream sample, a channel and a value.
 ///
 /// Positions are absolute (SPEC §0: 64-bit stream sample indices), so the output of threshold
@@ -37,9 +39,9 @@ impl Event {
 #[derive(Debug, Clone)]
 pub struct DeviceEvents {
     /// `n_channels · capacity` slots of `vec2<u32>`.
-    pub(crate) slots: Arc<wgpu::Buffer>,
+    pub(crate) slots: Arc<TrackedBuffer>,
     /// `n_channels` event counts.
-    pub(crate) counts: Arc<wgpu::Buffer>,
+    pub(crate) counts: Arc<TrackedBuffer>,
     /// Slots per channel.
     pub(crate) capacity: u32,
     /// Number of channels.

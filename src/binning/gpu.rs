@@ -19,7 +19,10 @@ use ndarray::{Array2, ArrayView2};
 use super::{Aggregation, Buckets, DenseSample, JumpTable, Params, Plan};
 use crate::error::{Error, Result};
 use crate::events::DeviceEvents;
-use crate::gpu::{grid, write_padded, Binding, DType, DeviceArray, GpuContext, GrowBuffer};
+use crate::gpu::{
+    grid, grow_slot, reusable_output, write_padded, Binding, DType, DeviceArray, GpuContext,
+    GrowBuffer, TrackedBuffer,
+};
 use crate::shaders::BINNING;
 
 /// Group 0 of `binning.wgsl`, binding by binding.
@@ -101,9 +104,9 @@ enum Input<'a> {
 #[derive(Debug)]
 pub(crate) struct GpuBinning {
     ctx: Arc<GpuContext>,
-    params: wgpu::Buffer,
-    jumps: wgpu::Buffer,
-    windows: Option<wgpu::Buffer>,
+    params: TrackedBuffer,
+    jumps: TrackedBuffer,
+    windows: Option<TrackedBuffer>,
     base: GpuParams,
     segs: GrowBuffer,
     input: GrowBuffer,
@@ -119,19 +122,10 @@ pub(crate) struct GpuBinning {
     flags: GrowBuffer,
     /// Host output buffer (reused), and the last device output (reused once its caller let go).
     out: GrowBuffer,
-    dev_out: Option<Arc<wgpu::Buffer>>,
+    dev_out: Option<Arc<TrackedBuffer>>,
     pipe_local: wgpu::ComputePipeline,
     pipe_finish: wgpu::ComputePipeline,
     pipe_sparse: wgpu::ComputePipeline,
-}
-
-fn uniform(ctx: &GpuContext, size: u64, label: &str) -> wgpu::Buffer {
-    ctx.device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some(label),
-        size,
-        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    })
 }
 
 /// The chunk's segments as the GPU sees them (long bins cut into pieces), and the windows.
@@ -194,6 +188,17 @@ fn gpu_segments(plan: &Plan, ev_bound: Option<u64>) -> (Vec<GpuSeg>, Vec<[u32; 2
 }
 
 impl GpuBinning {
+    /// The committed state copy, and `Some` when it holds this stream's state.
+    pub(crate) fn mark(&self) -> (usize, Option<usize>) {
+        (self.cur, self.initialized.then_some(0))
+    }
+
+    /// Back to what [`GpuBinning::mark`] returned (before the chunk since).
+    pub(crate) fn rewind(&mut self, (cur, initialized): (usize, Option<usize>)) {
+        self.cur = cur;
+        self.initialized = initialized.is_some();
+    }
+
     pub fn new(ctx: &Arc<GpuContext>, p: &Params, jt: &JumpTable) -> Result<Self> {
         let d_hi = jt.d as f32;
         let base = GpuParams {
@@ -218,13 +223,9 @@ impl GpuBinning {
             d_lo: (jt.d - d_hi as f64) as f32,
         };
         ctx.scoped(|| {
-            let params = uniform(
-                ctx,
-                std::mem::size_of::<GpuParams>() as u64,
-                "binning-params",
-            );
+            let params = ctx.uniform(std::mem::size_of::<GpuParams>() as u64, "binning-params")?;
             let rows = jt.gpu_rows();
-            let jumps = uniform(ctx, (rows.len() * 16) as u64, "binning-jumps");
+            let jumps = ctx.uniform((rows.len() * 16) as u64, "binning-jumps")?;
             ctx.queue
                 .write_buffer(&jumps, 0, bytemuck::cast_slice(&rows));
             Ok(GpuBinning {
@@ -273,37 +274,27 @@ impl GpuBinning {
 
     /// Makes sure the state buffers exist for `nc` channels and the committed one holds this
     /// stream's state.
-    fn prepare_state(&mut self, nc: usize) {
+    fn prepare_state(&mut self, nc: usize) -> Result<()> {
         let ctx = &self.ctx;
         for k in 0..3 {
-            self.state[k].ensure(ctx, 16 * nc as u64);
-            self.cum[k].ensure(ctx, 8 * nc as u64);
+            self.state[k].ensure(ctx, 16 * nc as u64)?;
+            self.cum[k].ensure(ctx, 8 * nc as u64)?;
         }
         if !self.initialized {
             let st: Vec<[f32; 4]> = vec![[0.0, 0.0, 0.0, NO_MAX]; nc];
             let cum = vec![0u32; 2 * nc];
-            let s = self.state[self.cur].ensure(ctx, 0);
-            let c = self.cum[self.cur].ensure(ctx, 0);
+            let s = self.state[self.cur].ensure(ctx, 0)?;
+            let c = self.cum[self.cur].ensure(ctx, 0)?;
             ctx.queue.write_buffer(&s, 0, bytemuck::cast_slice(&st));
             ctx.queue.write_buffer(&c, 0, bytemuck::cast_slice(&cum));
             self.initialized = true;
         }
+        Ok(())
     }
 
     /// The output buffer for a device result: the previous one if its caller let go of it.
-    fn device_out(&mut self, bytes: u64) -> Arc<wgpu::Buffer> {
-        if let Some(b) = self.dev_out.take() {
-            if Arc::strong_count(&b) == 1 && b.size() >= bytes.max(16) {
-                self.dev_out = Some(b.clone());
-                return b;
-            }
-        }
-        let b = Arc::new(
-            self.ctx
-                .storage(bytes.max(16).next_power_of_two(), "binning-out"),
-        );
-        self.dev_out = Some(b.clone());
-        b
+    fn device_out(&mut self, bytes: u64) -> Result<Arc<TrackedBuffer>> {
+        reusable_output(&self.ctx, &mut self.dev_out, bytes, "binning-out")
     }
 
     /// Uploads the chunk's segments, parameters and windows, and records its dispatches.
@@ -315,21 +306,21 @@ impl GpuBinning {
         n: usize,
         input: Input<'_>,
         out: &wgpu::Buffer,
-    ) -> (wgpu::CommandEncoder, usize) {
+    ) -> Result<(wgpu::CommandEncoder, usize)> {
         let ctx = self.ctx.clone();
         let ev_bound = match input {
             Input::Dense { .. } => None,
             Input::Sparse { cap, .. } => Some(cap as u64),
         };
         let (segs, windows) = gpu_segments(plan, ev_bound);
-        let segs_buf = self.segs.ensure(&ctx, (segs.len() * 32) as u64);
+        let segs_buf = self.segs.ensure(&ctx, (segs.len() * 32) as u64)?;
         ctx.queue
             .write_buffer(&segs_buf, 0, bytemuck::cast_slice(&segs));
         let (sparse, in_buf, counts, bytes, cap, merged) = match input {
             Input::Dense { buffer, bytes } => (
                 false,
                 buffer.clone(),
-                self.counts.ensure(&ctx, 16),
+                self.counts.ensure(&ctx, 16)?,
                 bytes,
                 0,
                 false,
@@ -352,20 +343,12 @@ impl GpuBinning {
         };
         ctx.queue
             .write_buffer(&self.params, 0, bytemuck::bytes_of(&p));
-        let flags = self.flags.ensure(&ctx, 16);
+        let flags = self.flags.ensure(&ctx, 16)?;
         ctx.queue.write_buffer(&flags, 0, &[0u8; 16]);
         let win_bytes = windows.len() as u64 * WIN_STRIDE;
-        if self.windows.as_ref().is_none_or(|w| w.size() < win_bytes) {
-            self.windows = Some(uniform(
-                &ctx,
-                win_bytes.next_power_of_two(),
-                "binning-windows",
-            ));
-        }
-        let win_buf = self
-            .windows
-            .clone()
-            .unwrap_or_else(|| uniform(&ctx, win_bytes, "binning-windows"));
+        let win_buf = grow_slot(&mut self.windows, win_bytes, || {
+            ctx.uniform(win_bytes.next_power_of_two(), "binning-windows")
+        })?;
         let mut win_data = vec![0u8; win_bytes as usize];
         for (k, w) in windows.iter().enumerate() {
             let at = k * WIN_STRIDE as usize;
@@ -373,11 +356,11 @@ impl GpuBinning {
         }
         ctx.queue.write_buffer(&win_buf, 0, &win_data);
 
-        let summ = self.summ.ensure(&ctx, (16 * segs.len() * nc) as u64);
-        let summ_n = self.summ_n.ensure(&ctx, (4 * segs.len() * nc) as u64);
+        let summ = self.summ.ensure(&ctx, (16 * segs.len() * nc) as u64)?;
+        let summ_n = self.summ_n.ensure(&ctx, (4 * segs.len() * nc) as u64)?;
         let states: Vec<(wgpu::Buffer, wgpu::Buffer)> = (0..3)
-            .map(|k| (self.state[k].ensure(&ctx, 0), self.cum[k].ensure(&ctx, 0)))
-            .collect();
+            .map(|k| Ok((self.state[k].ensure(&ctx, 0)?, self.cum[k].ensure(&ctx, 0)?)))
+            .collect::<Result<_>>()?;
         let needs_local = self.base.kind != 0 || self.base.agg == 0;
         let mut enc = ctx.encoder();
         let (mut from, mut to) = (self.cur, (self.cur + 1) % 3);
@@ -426,20 +409,20 @@ impl GpuBinning {
                 to = other;
             }
         }
-        (enc, from)
+        Ok((enc, from))
     }
 
     /// Packs a host dense chunk into the input buffer.
-    fn upload_dense<T: DenseSample>(&mut self, chunk: ArrayView2<'_, T>) -> wgpu::Buffer {
+    fn upload_dense<T: DenseSample>(&mut self, chunk: ArrayView2<'_, T>) -> Result<wgpu::Buffer> {
         let std = chunk.as_standard_layout();
         let data = std.as_slice().unwrap_or(&[]);
         if T::IS_BYTE {
             let bytes: Vec<u8> = data.iter().map(|x| x.to_u8()).collect();
-            let buf = self.input.ensure(&self.ctx, bytes.len() as u64);
+            let buf = self.input.ensure(&self.ctx, bytes.len() as u64)?;
             write_padded(&self.ctx, &buf, 0, &bytes);
-            buf
+            Ok(buf)
         } else {
-            let buf = self.input.ensure(&self.ctx, (data.len() * 4) as u64);
+            let buf = self.input.ensure(&self.ctx, (data.len() * 4) as u64)?;
             match T::as_f32(data) {
                 Some(words) => write_padded(&self.ctx, &buf, 0, bytemuck::cast_slice(words)),
                 None => {
@@ -447,7 +430,7 @@ impl GpuBinning {
                     write_padded(&self.ctx, &buf, 0, bytemuck::cast_slice(&words));
                 }
             }
-            buf
+            Ok(buf)
         }
     }
 
@@ -461,7 +444,7 @@ impl GpuBinning {
         check: bool,
         n: usize,
     ) -> Result<Vec<u8>> {
-        let flags = self.flags.ensure(&self.ctx, 16);
+        let flags = self.flags.ensure(&self.ctx, 16)?;
         let mut ranges = Vec::new();
         if let Some((b, len)) = read {
             ranges.push((b, 0, len));
@@ -503,9 +486,9 @@ impl GpuBinning {
         let ctx = self.ctx.clone();
         let out_bytes = (plan.n_bins * nc * 4) as u64;
         let bytes = ctx.scoped(|| {
-            self.prepare_state(nc);
-            let input = self.upload_dense(chunk);
-            let out = self.out.ensure(&ctx, out_bytes);
+            self.prepare_state(nc)?;
+            let input = self.upload_dense(chunk)?;
+            let out = self.out.ensure(&ctx, out_bytes)?;
             let (enc, last) = self.record(
                 plan,
                 nc,
@@ -515,7 +498,7 @@ impl GpuBinning {
                     bytes: T::IS_BYTE,
                 },
                 &out,
-            );
+            )?;
             self.finish(enc, last, Some((&out, out_bytes)), false, n)
         })?;
         Self::to_array(&bytes, plan.n_bins, nc)
@@ -539,9 +522,9 @@ impl GpuBinning {
         let ctx = self.ctx.clone();
         let out_bytes = (plan.n_bins * nc * 4) as u64;
         let out = ctx.scoped(|| {
-            let out = self.device_out(out_bytes);
+            let out = self.device_out(out_bytes)?;
             if n > 0 {
-                self.prepare_state(nc);
+                self.prepare_state(nc)?;
                 let (enc, last) = self.record(
                     plan,
                     nc,
@@ -551,7 +534,7 @@ impl GpuBinning {
                         bytes,
                     },
                     &out,
-                );
+                )?;
                 self.finish(enc, last, None, false, n)?;
             }
             Ok(out)
@@ -602,21 +585,21 @@ impl GpuBinning {
         let ctx = self.ctx.clone();
         let out_bytes = (plan.n_bins * nc * 4) as u64;
         let bytes = ctx.scoped(|| {
-            self.prepare_state(nc);
-            let input = self.input.ensure(&ctx, (slots.len() * 4) as u64);
+            self.prepare_state(nc)?;
+            let input = self.input.ensure(&ctx, (slots.len() * 4) as u64)?;
             ctx.queue
                 .write_buffer(&input, 0, bytemuck::cast_slice(&slots));
-            let cbuf = self.counts.ensure(&ctx, (nc * 4) as u64);
+            let cbuf = self.counts.ensure(&ctx, (nc * 4) as u64)?;
             ctx.queue
                 .write_buffer(&cbuf, 0, bytemuck::cast_slice(&counts));
-            let out = self.out.ensure(&ctx, out_bytes);
+            let out = self.out.ensure(&ctx, out_bytes)?;
             let input_desc = Input::Sparse {
                 slots: &input,
                 counts: &cbuf,
                 cap: cap as u32,
                 merged: true,
             };
-            let (enc, last) = self.record(plan, nc, n, input_desc, &out);
+            let (enc, last) = self.record(plan, nc, n, input_desc, &out)?;
             self.finish(enc, last, Some((&out, out_bytes)), false, n)
         })?;
         Self::to_array(&bytes, plan.n_bins, nc)
@@ -628,16 +611,16 @@ impl GpuBinning {
         let ctx = self.ctx.clone();
         let out_bytes = (plan.n_bins * nc * 4) as u64;
         let out = ctx.scoped(|| {
-            let out = self.device_out(out_bytes);
+            let out = self.device_out(out_bytes)?;
             if n > 0 {
-                self.prepare_state(nc);
+                self.prepare_state(nc)?;
                 let input_desc = Input::Sparse {
                     slots: &ev.slots,
                     counts: &ev.counts,
                     cap: ev.capacity,
                     merged: false,
                 };
-                let (enc, last) = self.record(plan, nc, n, input_desc, &out);
+                let (enc, last) = self.record(plan, nc, n, input_desc, &out)?;
                 self.finish(enc, last, None, true, n)?;
             }
             Ok(out)

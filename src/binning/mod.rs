@@ -57,7 +57,7 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::events::{DeviceEvents, Event};
 use crate::exact::BinEdges;
-use crate::gpu::DeviceArray;
+use crate::gpu::{DeviceArray, StreamMark};
 use crate::validate::{device_chunk_dims, needs_gpu};
 
 pub(crate) use jump::JumpTable;
@@ -280,6 +280,28 @@ enum EngineState {
 }
 
 impl BinnedActivation {
+    /// Where the stream stands (see [`StreamMark`]).
+    pub(crate) fn mark(&self) -> StreamMark {
+        let gpu = match &self.engine {
+            EngineState::Gpu(g) => Some(g.mark()),
+            EngineState::Cpu(_) => None,
+        };
+        StreamMark {
+            n_channels: self.n_channels,
+            pos: self.pos,
+            next_bin: self.next_bin,
+            gpu,
+        }
+    }
+
+    /// Back to `mark`, taken on the GPU engine before the one chunk processed since.
+    pub(crate) fn rewind(&mut self, mark: StreamMark) {
+        if let (EngineState::Gpu(g), Some(m)) = (&mut self.engine, mark.gpu) {
+            g.rewind(m);
+            (self.n_channels, self.pos, self.next_bin) = (mark.n_channels, mark.pos, mark.next_bin);
+        }
+    }
+
     /// A new stream at sample rate `fs` (Hz). Errors name any invalid setting.
     pub fn new(engine: &Engine, settings: BinningSettings, fs: f64) -> Result<Self> {
         let edges = BinEdges::new(settings.bin_duration, fs)?;

@@ -8,7 +8,9 @@
 //! reference is LRR), re-references it, and measures each channel's noise as
 //! `median(|x|)/0.6745`. Per-channel thresholds are then `k·noise` (`ThresholdRule::NoiseMultiple`,
 //! the sign of `k` giving the direction) or one absolute value in µV. A channel whose noise is
-//! 0 (dead or constant) detects nothing and is listed in [`Calibration::dead_channels`]. The
+//! 0 (dead or constant: a filtered noise, before the reference, at or below 1e-5 of the
+//! channel's raw RMS — the filter's rounding level — counts as 0) detects nothing and is
+//! listed in [`Calibration::dead_channels`]. The
 //! stream then starts again from the recording's first sample with fresh filter state.
 //!
 //! # Engines
@@ -24,8 +26,12 @@
 //! [`Chain::process`] validates the chunk (shape, finiteness) on the host before any stage
 //! sees it, so a chunk one stage would reject is rejected whole and every stage keeps its
 //! state. [`Chain::process_device`] checks shape and element type on the host and leaves
-//! non-finite values to the first stage that reads them on the device (see its docs). Device loss or out-of-memory in the middle of a chunk leaves the stages that ran
-//! advanced: the chain must then be rebuilt.
+//! non-finite values to the first stage that reads them on the device (see its docs). On the
+//! GPU engine a device error in the middle of a chunk ([`Error::DeviceMemory`] or
+//! [`Error::DeviceLimit`] for a chunk too large for the memory budget or the device, a
+//! validation error, a read-back failure) rewinds the stages that had already run, so the
+//! chain goes on from where it was before the chunk (tested); only a lost device needs a new
+//! chain.
 
 use std::time::{Duration, Instant};
 
@@ -268,6 +274,11 @@ pub struct Chain {
     scratch: [Vec<f32>; 2],
 }
 
+/// A channel's noise at or below this fraction of its raw window's RMS is taken as 0 (the
+/// channel constant): the filters' rounding errors are ~1e-7 of the RMS, real noise on a
+/// channel with a large offset ~1e-3 or more.
+const NOISE_FLOOR: f64 = 1e-5;
+
 /// `median(|x|)/0.6745` of one channel (NaN-free input).
 fn noise_of(column: impl Iterator<Item = f32>) -> f32 {
     let mut a: Vec<f32> = column.map(f32::abs).collect();
@@ -326,7 +337,8 @@ impl Chain {
                 ));
             }
         }
-        // The calibration pass runs on the chain's engine, host in and host out.
+        // The calibration pass runs on the chain's engine, host in and host out; the device
+        // buffers sized for the window are dropped afterwards.
         // The stream's filter filters the window, then restarts from zero state.
         let mut filter = match settings.filter {
             Some(f) => Some(BandpassFilter::new(engine, f, fs)?),
@@ -340,6 +352,18 @@ impl Chain {
             }
             None => window.to_owned(),
         };
+        // A channel whose filtered noise is at the filter's own rounding level (a constant
+        // channel, whose filtered window is a decaying step response) counts as constant,
+        // whatever the reference later mixes into it: otherwise its threshold would sit at
+        // the rounding level (or at the level of what LRR leaks in from its neighbours).
+        let constant: Vec<bool> = (0..c)
+            .map(|j| {
+                let s = noise_of(filtered.column(j).iter().copied());
+                let raw = window.column(j);
+                let ms = raw.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / raw.len() as f64;
+                (s as f64) <= NOISE_FLOOR * ms.sqrt()
+            })
+            .collect();
         let mut reference = Reference::new(engine, &settings)?;
         if let Reference::Lrr(l) = &mut reference {
             l.fit(filtered.view())?;
@@ -349,8 +373,24 @@ impl Chain {
             Reference::Lrr(l) => Some(l.weights()?),
             _ => None,
         };
+        // The window is much longer than a chunk: give its device buffers back.
+        if let Some(f) = &mut filter {
+            f.release_scratch();
+        }
+        if let Reference::Lrr(l) = &mut reference {
+            l.release_scratch();
+        }
+        if let Engine::Gpu(ctx) = engine {
+            ctx.release_staging();
+        }
         let noise: Vec<f32> = (0..c)
-            .map(|j| noise_of(filtered.column(j).iter().copied()))
+            .map(|j| {
+                if constant[j] {
+                    0.0
+                } else {
+                    noise_of(filtered.column(j).iter().copied())
+                }
+            })
             .collect();
         let mut dead = Vec::new();
         let thresholds: Vec<f32> = match settings.threshold {
@@ -509,7 +549,7 @@ impl Chain {
     /// in between keeps no state — which rejects the chunk with [`Error::NonFinite`] before
     /// its own state changes, so every stage keeps its state, as with [`Chain::process`].
     /// A finite chunk whose filtered values overflow to ±inf is rejected by threshold
-    /// crossing after the filter has advanced (the chain must then be rebuilt).
+    /// crossing; the filter is then rewound to where it was before the chunk.
     ///
     /// # Errors
     /// [`Error::DeviceArray`] on the CPU engine or for another element type;
@@ -610,8 +650,33 @@ impl Chain {
         self.stages_gpu(ctx, up, t0)
     }
 
-    /// The device stages on `up`, timing from `t0` (the upload's start).
+    /// The device stages on `up`, timing from `t0` (the upload's start); after an error every
+    /// stage is back where it was before the chunk.
     fn stages_gpu(
+        &mut self,
+        ctx: &std::sync::Arc<GpuContext>,
+        up: DeviceArray,
+        t0: Instant,
+    ) -> Result<ChainOutput> {
+        let marks = (
+            self.filter.as_ref().map(BandpassFilter::mark),
+            self.detect.mark(),
+            self.bin.mark(),
+        );
+        let out = self.run_stages_gpu(ctx, up, t0);
+        if out.is_err() {
+            let (filter, detect, bin) = marks;
+            if let (Some(f), Some(m)) = (&mut self.filter, filter) {
+                f.rewind(m);
+            }
+            self.detect.rewind(detect);
+            self.bin.rewind(bin);
+        }
+        out
+    }
+
+    /// [`Chain::stages_gpu`] without the rewind.
+    fn run_stages_gpu(
         &mut self,
         ctx: &std::sync::Arc<GpuContext>,
         up: DeviceArray,

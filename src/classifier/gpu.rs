@@ -16,7 +16,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::{DeviceInput, DeviceKind, UpdatePlan};
 use crate::error::{Error, Result};
-use crate::gpu::{grid, Binding, GpuContext, GrowBuffer};
+use crate::gpu::{grid, grow_slot, Binding, GpuContext, GrowBuffer, TrackedBuffer};
 use crate::shaders::CLASSIFIER;
 
 /// Group 0 of `classifier.wgsl`, binding by binding.
@@ -129,23 +129,23 @@ pub(crate) struct GpuClassifier {
     /// Largest byte range one binding may cover, less the offset alignment.
     budget: u64,
     align: u64,
-    rates: [wgpu::Buffer; 2],
-    props: [wgpu::Buffer; 2],
-    asg: [wgpu::Buffer; 2],
-    wts: [wgpu::Buffer; 2],
-    occ: [wgpu::Buffer; 2],
+    rates: [TrackedBuffer; 2],
+    props: [TrackedBuffer; 2],
+    asg: [TrackedBuffer; 2],
+    wts: [TrackedBuffer; 2],
+    occ: [TrackedBuffer; 2],
     cur: usize,
-    flags: wgpu::Buffer,
-    params: Option<wgpu::Buffer>,
+    flags: TrackedBuffer,
+    params: Option<TrackedBuffer>,
     slot: u64,
     /// Persistent mappable staging buffer for host rows.
-    stage: Option<wgpu::Buffer>,
+    stage: Option<TrackedBuffer>,
     meta: GrowBuffer,
     upload: GrowBuffer,
     mean: GrowBuffer,
     partials: GrowBuffer,
     result: GrowBuffer,
-    dummy: [wgpu::Buffer; 2],
+    dummy: [TrackedBuffer; 2],
     pipes: Vec<wgpu::ComputePipeline>,
 }
 
@@ -189,8 +189,9 @@ impl GpuClassifier {
                 .iter()
                 .map(|e| ctx.pipeline(&CLASSIFIER, e, &[], &LAYOUT))
                 .collect::<Result<Vec<_>>>()?;
-            let two =
-                |bytes: u64, label: &str| [ctx.storage(bytes, label), ctx.storage(bytes, label)];
+            let two = |bytes: u64, label: &str| -> Result<[TrackedBuffer; 2]> {
+                Ok([ctx.storage(bytes, label)?, ctx.storage(bytes, label)?])
+            };
             Ok(GpuClassifier {
                 ctx: ctx.clone(),
                 n,
@@ -201,13 +202,13 @@ impl GpuClassifier {
                 n_cg,
                 budget,
                 align,
-                rates: two(nk * 4, "classifier-rates"),
-                props: two(nk * 4, "classifier-proportions"),
-                asg: two(n4 as u64 * 4, "classifier-assignments"),
-                wts: two(n4 as u64 * 4, "classifier-weights"),
-                occ: two(k as u64 * 4, "classifier-occurrences"),
+                rates: two(nk * 4, "classifier-rates")?,
+                props: two(nk * 4, "classifier-proportions")?,
+                asg: two(n4 as u64 * 4, "classifier-assignments")?,
+                wts: two(n4 as u64 * 4, "classifier-weights")?,
+                occ: two(k as u64 * 4, "classifier-occurrences")?,
                 cur: 0,
-                flags: ctx.storage(16, "classifier-flags"),
+                flags: ctx.storage(16, "classifier-flags")?,
                 params: None,
                 slot,
                 stage: None,
@@ -217,8 +218,8 @@ impl GpuClassifier {
                 partials: GrowBuffer::new("classifier-partials"),
                 result: GrowBuffer::new("classifier-result"),
                 dummy: [
-                    ctx.storage(16, "classifier-dummy"),
-                    ctx.storage(16, "classifier-dummy"),
+                    ctx.storage(16, "classifier-dummy")?,
+                    ctx.storage(16, "classifier-dummy")?,
                 ],
                 pipes,
             })
@@ -254,28 +255,19 @@ impl GpuClassifier {
     }
 
     /// Writes `params` into uniform slots (growing the buffer as needed).
-    fn write_params(&mut self, params: &[GpuParams]) -> wgpu::Buffer {
+    fn write_params(&mut self, params: &[GpuParams]) -> Result<wgpu::Buffer> {
         let need = self.slot * params.len().max(1) as u64;
-        let buf = match &self.params {
-            Some(b) if b.size() >= need => b.clone(),
-            _ => {
-                let b = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("classifier-params"),
-                    size: need.next_power_of_two(),
-                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                });
-                self.params = Some(b.clone());
-                b
-            }
-        };
+        let ctx = &self.ctx;
+        let buf = grow_slot(&mut self.params, need, || {
+            ctx.uniform(need.next_power_of_two(), "classifier-params")
+        })?;
         let mut bytes = vec![0u8; need as usize];
         for (i, p) in params.iter().enumerate() {
             let at = i * self.slot as usize;
             bytes[at..at + PARAMS_BYTES as usize].copy_from_slice(bytemuck::bytes_of(p));
         }
         self.ctx.queue.write_buffer(&buf, 0, &bytes);
-        buf
+        Ok(buf)
     }
 
     /// Records `dispatches` in one compute pass.
@@ -284,15 +276,15 @@ impl GpuClassifier {
         enc: &mut wgpu::CommandEncoder,
         dispatches: &[Dispatch],
         device_buf: Option<&wgpu::Buffer>,
-    ) {
+    ) -> Result<()> {
         let params: Vec<GpuParams> = dispatches.iter().map(|d| d.params).collect();
-        let pbuf = self.write_params(&params);
+        let pbuf = self.write_params(&params)?;
         let ctx = &self.ctx;
         let (cur, next) = (self.cur, 1 - self.cur);
-        let meta = self.meta.ensure(ctx, 16);
-        let upload = self.upload.ensure(ctx, 16);
-        let mean = self.mean.ensure(ctx, 16);
-        let partials = self.partials.ensure(ctx, 16);
+        let meta = self.meta.ensure(ctx, 16)?;
+        let upload = self.upload.ensure(ctx, 16)?;
+        let mean = self.mean.ensure(ctx, 16)?;
+        let partials = self.partials.ensure(ctx, 16)?;
         let [d0, d1] = &self.dummy;
         let window = |offset: u64, size: u64| match device_buf {
             Some(b) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -353,6 +345,7 @@ impl GpuClassifier {
             let (x, y, z) = grid(d.groups);
             pass.dispatch_workgroups(x, y, z);
         }
+        Ok(())
     }
 
     /// The window of `buf` covering bytes `[start, end)`: (offset, size, shift in bytes).
@@ -379,20 +372,15 @@ impl GpuClassifier {
         if len == 0 {
             return Ok(());
         }
-        let stage = match &self.stage {
-            Some(b) if b.size() >= len => b.clone(),
-            _ => {
-                self.stage = None;
-                let b = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("classifier-staging"),
-                    size: len.next_multiple_of(1 << 16),
-                    usage: wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
-                    mapped_at_creation: false,
-                });
-                self.stage = Some(b.clone());
-                b
-            }
-        };
+        let ctx = &self.ctx;
+        let stage = grow_slot(&mut self.stage, len, || {
+            ctx.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("classifier-staging"),
+                size: len.next_multiple_of(1 << 16),
+                usage: wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            })
+        })?;
         let (tx, rx) = std::sync::mpsc::channel();
         stage.map_async(wgpu::MapMode::Write, 0..len, move |r| {
             let _ = tx.send(r);
@@ -449,7 +437,7 @@ impl GpuClassifier {
                 groups: self.derive_groups(),
                 x: XBind::Upload,
             };
-            self.record(&mut enc, &[d], None);
+            self.record(&mut enc, &[d], None)?;
             ctx.submit_and_read(enc, &[(&self.flags, 0, 16)])
         })?;
         let f: Vec<u32> = bytemuck::pod_collect_to_vec(&flags);
@@ -587,7 +575,7 @@ impl GpuClassifier {
         let bytes = ctx.scoped(|| {
             ctx.queue
                 .write_buffer(&self.flags, 0, bytemuck::cast_slice(&[NONE; 4]));
-            let result = self.result.ensure(&ctx, result_bytes);
+            let result = self.result.ensure(&ctx, result_bytes)?;
             let mut staged = Vec::new();
             for s in 0..n_sub {
                 let (b0, b1) = (s * per, ((s + 1) * per).min(batch));
@@ -598,7 +586,7 @@ impl GpuClassifier {
                 // Inputs of the sub-batch, as rows of N4 floats.
                 let (x, x_shift4) = match src {
                     Source::Host(x) => {
-                        let buf = self.upload.ensure(&ctx, (rows * n4 * 4) as u64);
+                        let buf = self.upload.ensure(&ctx, (rows * n4 * 4) as u64)?;
                         let part = &x[b0 * n..b1 * n];
                         if n4 == n {
                             self.stage_upload(&mut enc, &buf, bytemuck::cast_slice(part))?;
@@ -619,7 +607,7 @@ impl GpuClassifier {
                         (XBind::Window(off, size), (shift / 16) as u32)
                     }
                     Source::Device(d) => {
-                        self.mean.ensure(&ctx, (rows * n4 * 4) as u64);
+                        self.mean.ensure(&ctx, (rows * n4 * 4) as u64)?;
                         ds.extend(self.time_mean_dispatches(&d, b0, b1));
                         (XBind::Mean, 0)
                     }
@@ -634,7 +622,7 @@ impl GpuClassifier {
                 };
                 if regress {
                     self.partials
-                        .ensure(&ctx, (rows * k * (self.n_chunks + 1) * 4) as u64);
+                        .ensure(&ctx, (rows * k * (self.n_chunks + 1) * 4) as u64)?;
                     let row_groups = (rows as u64).div_ceil(WG);
                     ds.push(Dispatch {
                         pipe: P_PARTIAL,
@@ -651,7 +639,7 @@ impl GpuClassifier {
                 }
                 if let Some(plan) = plan {
                     let m = self.meta_words(plan, b0, b1);
-                    let mbuf = self.meta.ensure(&ctx, (m.len() * 4) as u64);
+                    let mbuf = self.meta.ensure(&ctx, (m.len() * 4) as u64)?;
                     ctx.queue.write_buffer(&mbuf, 0, bytemuck::cast_slice(&m));
                     ds.push(Dispatch {
                         pipe: P_UPDATE,
@@ -667,9 +655,9 @@ impl GpuClassifier {
                 if last && plan.is_some() {
                     enc.clear_buffer(&self.occ[next], 0, None);
                 }
-                self.record(&mut enc, &ds, device_buf.as_ref());
+                self.record(&mut enc, &ds, device_buf.as_ref())?;
                 if regress {
-                    let partials = self.partials.ensure(&ctx, 16);
+                    let partials = self.partials.ensure(&ctx, 16)?;
                     enc.copy_buffer_to_buffer(
                         &partials,
                         (rows * k * self.n_chunks * 4) as u64,

@@ -19,7 +19,8 @@ use bytemuck::{Pod, Zeroable};
 use super::{non_finite, LatencyParams, RateParams, ShiftPlan};
 use crate::error::{Error, Result};
 use crate::gpu::{
-    grid, write_padded, Binding, DType, DeviceArray, GpuContext, GrowBuffer, MAX_GROUPS_PER_DIM,
+    grid, grow_slot, reusable_output, write_padded, Binding, DType, DeviceArray, GpuContext,
+    GrowBuffer, TrackedBuffer, MAX_GROUPS_PER_DIM,
 };
 use crate::shaders::ENCODERS;
 
@@ -220,13 +221,13 @@ struct ByteOp {
 #[derive(Debug)]
 pub(crate) struct GpuEncoder {
     ctx: Arc<GpuContext>,
-    jobs: Option<wgpu::Buffer>,
-    flags: wgpu::Buffer,
+    jobs: Option<TrackedBuffer>,
+    flags: TrackedBuffer,
     input: GrowBuffer,
     out: GrowBuffer,
     table: GrowBuffer,
     scratch: GrowBuffer,
-    dev_out: Option<Arc<wgpu::Buffer>>,
+    dev_out: Option<Arc<TrackedBuffer>>,
     /// Test hook: a smaller binding limit than the adapter's.
     pub binding_limit: Option<u64>,
 }
@@ -239,11 +240,11 @@ impl GpuEncoder {
                 ctx.pipeline(&ENCODERS, e.name(), &[], &LAYOUT)?;
             }
             let mut table = GrowBuffer::new("encoders-table");
-            table.ensure(ctx, 16);
+            table.ensure(ctx, 16)?;
             Ok(GpuEncoder {
                 ctx: ctx.clone(),
                 jobs: None,
-                flags: ctx.storage(16, "encoders-flags"),
+                flags: ctx.storage(16, "encoders-flags")?,
                 input: GrowBuffer::new("encoders-input"),
                 out: GrowBuffer::new("encoders-out"),
                 table,
@@ -282,14 +283,14 @@ impl GpuEncoder {
     pub fn set_table(&mut self, bytes: &[u8]) -> Result<()> {
         let ctx = self.ctx.clone();
         ctx.scoped(|| {
-            let buf = self.table.ensure(&ctx, bytes.len() as u64);
+            let buf = self.table.ensure(&ctx, bytes.len() as u64)?;
             write_padded(&ctx, &buf, 0, bytes);
             Ok(())
         })
     }
 
     /// The output buffer for a device result: the previous one if its caller let go of it.
-    fn device_out(&mut self, bytes: u64) -> Result<Arc<wgpu::Buffer>> {
+    fn device_out(&mut self, bytes: u64) -> Result<Arc<TrackedBuffer>> {
         let need = bytes.max(16).next_multiple_of(16);
         if need > self.max_buffer() {
             return Err(Error::DeviceArray(format!(
@@ -298,15 +299,7 @@ impl GpuEncoder {
                 self.max_buffer()
             )));
         }
-        if let Some(b) = self.dev_out.take() {
-            if Arc::strong_count(&b) == 1 && b.size() >= need {
-                self.dev_out = Some(b.clone());
-                return Ok(b);
-            }
-        }
-        let b = Arc::new(self.ctx.storage(need, "encoders-out"));
-        self.dev_out = Some(b.clone());
-        Ok(b)
+        reusable_output(&self.ctx, &mut self.dev_out, need, "encoders-out")
     }
 
     /// The dispatches of `op`: the two-pass kernels when they apply, else the word kernel
@@ -469,18 +462,9 @@ impl GpuEncoder {
         let stride = (std::mem::size_of::<Job>() as u64)
             .next_multiple_of((ctx.limits().min_uniform_buffer_offset_alignment as u64).max(16));
         let need = stride * dispatches.len() as u64;
-        if self.jobs.as_ref().is_none_or(|b| b.size() < need) {
-            self.jobs = Some(ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("encoders-jobs"),
-                size: need.next_power_of_two().max(256),
-                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            }));
-        }
-        let jobs = self
-            .jobs
-            .as_ref()
-            .ok_or_else(|| Error::Validation("no job buffer".into()))?;
+        let jobs = &grow_slot(&mut self.jobs, need, || {
+            ctx.uniform(need.next_power_of_two().max(256), "encoders-jobs")
+        })?;
         let mut bytes = vec![0u8; need as usize];
         for (k, d) in dispatches.iter().enumerate() {
             let at = k * stride as usize;
@@ -494,8 +478,8 @@ impl GpuEncoder {
             .map(|b| b.1 + b.2)
             .max()
             .unwrap_or(0);
-        let scratch = self.scratch.ensure(&ctx, scratch_need);
-        let table = self.table.ensure(&ctx, 16);
+        let scratch = self.scratch.ensure(&ctx, scratch_need)?;
+        let table = self.table.ensure(&ctx, 16)?;
         let pick = |b: Buf, io: &wgpu::Buffer| -> wgpu::Buffer {
             match b {
                 Buf::Io => io.clone(),
@@ -539,9 +523,9 @@ impl GpuEncoder {
         }
         let ctx = self.ctx.clone();
         let bytes = ctx.scoped(|| {
-            let input = self.input.ensure(&ctx, (x.len() * 4) as u64);
+            let input = self.input.ensure(&ctx, (x.len() * 4) as u64)?;
             write_padded(&ctx, &input, 0, bytemuck::cast_slice(x));
-            let out = self.out.ensure(&ctx, op.total);
+            let out = self.out.ensure(&ctx, op.total)?;
             let enc = self.record(&dispatches, &input, &out)?;
             ctx.submit_and_read(enc, &[(&out, 0, op.total), (&self.flags, 0, 4)])
         })?;
@@ -810,9 +794,9 @@ impl GpuEncoder {
         let d = self.shift_dispatch(plan, elem, total)?;
         let ctx = self.ctx.clone();
         ctx.scoped(|| {
-            let input = self.input.ensure(&ctx, data.len() as u64);
+            let input = self.input.ensure(&ctx, data.len() as u64)?;
             write_padded(&ctx, &input, 0, data);
-            let out = self.out.ensure(&ctx, data.len() as u64);
+            let out = self.out.ensure(&ctx, data.len() as u64)?;
             let enc = self.record(std::slice::from_ref(&d), &input, &out)?;
             ctx.submit_and_read(enc, &[(&out, 0, data.len() as u64)])
         })

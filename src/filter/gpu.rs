@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{
     align_step, bind, grid, non_finite_row, reusable_output, row_pieces, rows_per_piece,
     rows_too_wide, submit_pass, write_padded, Binding, GpuContext, GrowBuffer, ParamsBuffer,
-    SameShapeKernel,
+    SameShapeKernel, TrackedBuffer,
 };
 use crate::shaders::FILTER;
 
@@ -60,20 +60,20 @@ pub(crate) struct GpuFilter {
     ctx: Arc<GpuContext>,
     pipeline: wgpu::ComputePipeline,
     n_sections: usize,
-    coeffs: wgpu::Buffer,
+    coeffs: TrackedBuffer,
     /// State buffers; `states[committed]` is the accepted state.
-    states: Vec<wgpu::Buffer>,
+    states: Vec<TrackedBuffer>,
     committed: usize,
     /// Channel count the state was initialised for.
     init_for: Option<usize>,
     /// Upload buffer for host chunks.
     input: GrowBuffer,
     /// Output buffer, reused while no [`DeviceArray`] still holds it.
-    output: Option<Arc<wgpu::Buffer>>,
+    output: Option<Arc<TrackedBuffer>>,
     /// Uniform buffer of the dispatches' params.
     params: ParamsBuffer,
     /// One status word.
-    status: wgpu::Buffer,
+    status: TrackedBuffer,
     /// Test knob: cap on the rows of one dispatch.
     rows_limit: Option<usize>,
 }
@@ -99,6 +99,23 @@ fn split(c: f64) -> [f32; 4] {
 }
 
 impl GpuFilter {
+    /// Drops the upload and output buffers, sized for the largest chunk so far.
+    pub(crate) fn release_scratch(&mut self) {
+        self.input.release();
+        self.output = None;
+    }
+
+    /// The committed state copy and the channel count it was set up for.
+    pub(crate) fn mark(&self) -> (usize, Option<usize>) {
+        (self.committed, self.init_for)
+    }
+
+    /// Back to what [`GpuFilter::mark`] returned (before the chunk since).
+    pub(crate) fn rewind(&mut self, (committed, init_for): (usize, Option<usize>)) {
+        self.committed = committed;
+        self.init_for = init_for;
+    }
+
     pub(crate) fn new(ctx: &Arc<GpuContext>, sos: &[Coeffs]) -> Result<Self> {
         let pipeline = ctx.pipeline(
             &FILTER,
@@ -108,9 +125,9 @@ impl GpuFilter {
         )?;
         let pairs: Vec<[f32; 4]> = sos.iter().flat_map(|s| s.map(split)).collect();
         let (coeffs, status) = ctx.scoped(|| {
-            let coeffs = ctx.storage(pairs.len() as u64 * 16, "neurokernels.filter.coeffs");
+            let coeffs = ctx.storage(pairs.len() as u64 * 16, "neurokernels.filter.coeffs")?;
             write_padded(ctx, &coeffs, 0, bytemuck::cast_slice(&pairs));
-            let status = ctx.storage(16, "neurokernels.filter.status");
+            let status = ctx.storage(16, "neurokernels.filter.status")?;
             Ok((coeffs, status))
         })?;
         Ok(GpuFilter {
@@ -188,7 +205,7 @@ impl GpuFilter {
             if self.states.len() != 3 || self.states[0].size() < bytes.max(16) {
                 self.states = (0..3)
                     .map(|_| ctx.storage(bytes, "neurokernels.filter.state"))
-                    .collect();
+                    .collect::<Result<_>>()?;
             }
             self.committed = 0;
             let zeros = vec![0u8; bytes as usize];
@@ -209,7 +226,7 @@ impl SameShapeKernel for GpuFilter {
         &mut self.input
     }
 
-    fn output_buffer(&mut self, bytes: u64) -> Arc<wgpu::Buffer> {
+    fn output_buffer(&mut self, bytes: u64) -> Result<Arc<TrackedBuffer>> {
         reusable_output(
             &self.ctx,
             &mut self.output,
@@ -256,7 +273,7 @@ impl SameShapeKernel for GpuFilter {
                     pad: [0; 3],
                 })
                 .collect();
-            let params = self.params.write(&ctx, &params);
+            let params = self.params.write(&ctx, &params)?;
 
             let scratch = [(self.committed + 1) % 3, (self.committed + 2) % 3];
             let mut state_in = self.committed;

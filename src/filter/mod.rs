@@ -77,7 +77,7 @@ use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::gpu::{DeviceArray, SameShapeKernel};
+use crate::gpu::{DeviceArray, SameShapeKernel, StreamMark};
 use crate::state::{Fingerprint, StateReader, StateWriter};
 use crate::validate::{check_finite, check_out_shape, f32_device_chunk, needs_gpu};
 use design::C64;
@@ -217,6 +217,28 @@ pub struct BandpassFilter {
 }
 
 impl BandpassFilter {
+    /// Where the stream stands (see [`StreamMark`]).
+    pub(crate) fn mark(&self) -> StreamMark {
+        let gpu = match &self.engine {
+            EngineState::Gpu(g) => Some(g.mark()),
+            EngineState::Cpu(_) => None,
+        };
+        StreamMark {
+            n_channels: self.n_channels,
+            pos: 0,
+            next_bin: 0,
+            gpu,
+        }
+    }
+
+    /// Back to `mark`, taken on the GPU engine before the one chunk processed since.
+    pub(crate) fn rewind(&mut self, mark: StreamMark) {
+        if let (EngineState::Gpu(g), Some(m)) = (&mut self.engine, mark.gpu) {
+            g.rewind(m);
+            self.n_channels = mark.n_channels;
+        }
+    }
+
     /// A Butterworth filter designed by [`butter_sos`] from `settings` at sample rate `fs`
     /// (Hz). The channel count is fixed by the first non-empty chunk.
     ///
@@ -319,6 +341,14 @@ impl BandpassFilter {
     /// The frequency (Hz) at which [`BandpassFilter::group_delay_samples`] is taken.
     pub fn centre_hz(&self) -> f64 {
         self.centre_hz
+    }
+
+    /// GPU engine: drops the buffers sized for the largest chunk so far (after a large
+    /// calibration window, before a stream of small chunks).
+    pub(crate) fn release_scratch(&mut self) {
+        if let EngineState::Gpu(g) = &mut self.engine {
+            g.release_scratch();
+        }
     }
 
     /// Starts the stream again: zero state, and the channel count is free again.

@@ -16,7 +16,7 @@ use ndarray::{Array2, ArrayView2};
 
 use super::{overflow, InitRings, Job, Model, GPU_LOOP_BUDGET};
 use crate::error::{Error, Result};
-use crate::gpu::{grid, Binding, GpuContext, GrowBuffer};
+use crate::gpu::{grid, grow_slot, Binding, GpuContext, GrowBuffer, TrackedBuffer};
 use crate::rng::key_of;
 use crate::shaders::GLM;
 
@@ -105,25 +105,16 @@ pub(crate) fn plan(n: usize, ws: usize, nbq: usize, max_wg: u32) -> Result<(u32,
     Ok((wg, k))
 }
 
-fn uniform(ctx: &GpuContext, size: u64, label: &str) -> wgpu::Buffer {
-    ctx.device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some(label),
-        size: size.max(16),
-        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    })
-}
-
 /// The trials of one group and their device state.
 #[derive(Debug)]
 struct Group {
     trial0: usize,
     trials: usize,
-    ring: [wgpu::Buffer; 2],
+    ring: [TrackedBuffer; 2],
     cur: usize,
-    seeds: wgpu::Buffer,
-    scratch: wgpu::Buffer,
-    status: wgpu::Buffer,
+    seeds: TrackedBuffer,
+    scratch: TrackedBuffer,
+    status: TrackedBuffer,
 }
 
 /// Device buffers and pipeline of one [`super::RecurrentGlm`].
@@ -134,10 +125,10 @@ pub(crate) struct GpuGlm {
     nbq: usize,
     wg: u32,
     k: u32,
-    coef: wgpu::Buffer,
-    basis: wgpu::Buffer,
-    params: wgpu::Buffer,
-    wins: Option<wgpu::Buffer>,
+    coef: TrackedBuffer,
+    basis: TrackedBuffer,
+    params: TrackedBuffer,
+    wins: Option<TrackedBuffer>,
     groups: Vec<Group>,
     ffc: GrowBuffer,
     forced: GrowBuffer,
@@ -197,10 +188,10 @@ impl GpuGlm {
             }
         }
         ctx.scoped(|| {
-            let coef_buf = ctx.storage((coef.len() * 4) as u64, "neurokernels.glm.coef");
+            let coef_buf = ctx.storage((coef.len() * 4) as u64, "neurokernels.glm.coef")?;
             ctx.queue
                 .write_buffer(&coef_buf, 0, bytemuck::cast_slice(&coef));
-            let basis_buf = ctx.storage((basis.len() * 4) as u64, "neurokernels.glm.basis");
+            let basis_buf = ctx.storage((basis.len() * 4) as u64, "neurokernels.glm.basis")?;
             ctx.queue
                 .write_buffer(&basis_buf, 0, bytemuck::cast_slice(&basis));
             Ok(GpuGlm {
@@ -211,11 +202,10 @@ impl GpuGlm {
                 k,
                 coef: coef_buf,
                 basis: basis_buf,
-                params: uniform(
-                    ctx,
+                params: ctx.uniform(
                     std::mem::size_of::<GpuParams>() as u64,
                     "neurokernels.glm.params",
-                ),
+                )?,
                 wins: None,
                 groups: Vec::new(),
                 ffc: GrowBuffer::new("neurokernels.glm.ffc"),
@@ -258,8 +248,8 @@ impl GpuGlm {
             while t0 < b {
                 let g = per_group.min(b - t0);
                 let ring = [
-                    ctx.storage(g as u64 * ring_bytes, "neurokernels.glm.ring-0"),
-                    ctx.storage(g as u64 * ring_bytes, "neurokernels.glm.ring-1"),
+                    ctx.storage(g as u64 * ring_bytes, "neurokernels.glm.ring-0")?,
+                    ctx.storage(g as u64 * ring_bytes, "neurokernels.glm.ring-1")?,
                 ];
                 let mut init = Vec::with_capacity(g * (ring_bytes / 4) as usize);
                 for t in t0..t0 + g {
@@ -268,7 +258,7 @@ impl GpuGlm {
                 ctx.queue
                     .write_buffer(&ring[0], 0, bytemuck::cast_slice(&init));
                 let keys: Vec<[u32; 2]> = seeds[t0..t0 + g].iter().map(|&s| key_of(s)).collect();
-                let seeds_buf = ctx.storage((g * 8) as u64, "neurokernels.glm.seeds");
+                let seeds_buf = ctx.storage((g * 8) as u64, "neurokernels.glm.seeds")?;
                 ctx.queue
                     .write_buffer(&seeds_buf, 0, bytemuck::cast_slice(&keys));
                 groups.push(Group {
@@ -277,8 +267,8 @@ impl GpuGlm {
                     ring,
                     cur: 0,
                     seeds: seeds_buf,
-                    scratch: ctx.storage((g * 8 * m.n) as u64, "neurokernels.glm.scratch"),
-                    status: ctx.storage((g * 16) as u64, "neurokernels.glm.status"),
+                    scratch: ctx.storage((g * 8 * m.n) as u64, "neurokernels.glm.scratch")?,
+                    status: ctx.storage((g * 16) as u64, "neurokernels.glm.status")?,
                 });
                 t0 += g;
             }
@@ -289,18 +279,11 @@ impl GpuGlm {
     }
 
     /// The per-dispatch uniform buffer, grown to `bytes`.
-    fn wins(&mut self, bytes: u64) -> wgpu::Buffer {
-        if self.wins.as_ref().is_none_or(|w| w.size() < bytes) {
-            self.wins = Some(uniform(
-                &self.ctx,
-                bytes.next_power_of_two(),
-                "neurokernels.glm.windows",
-            ));
-        }
-        match &self.wins {
-            Some(w) => w.clone(),
-            None => uniform(&self.ctx, bytes, "neurokernels.glm.windows"),
-        }
+    fn wins(&mut self, bytes: u64) -> Result<wgpu::Buffer> {
+        let ctx = &self.ctx;
+        grow_slot(&mut self.wins, bytes, || {
+            ctx.uniform(bytes.next_power_of_two(), "neurokernels.glm.windows")
+        })
     }
 
     /// Runs `job` on every group; returns `(spikes, rates)`, `(T, B, n)`.
@@ -341,7 +324,7 @@ impl GpuGlm {
                     };
                     ffc.extend(job.ffc[at..at + ff_trials * n].iter().map(|&v| v as f32));
                 }
-                let ffc_buf = self.ffc.ensure(&ctx, (ffc.len() * 4) as u64);
+                let ffc_buf = self.ffc.ensure(&ctx, (ffc.len() * 4) as u64)?;
                 ctx.queue
                     .write_buffer(&ffc_buf, 0, bytemuck::cast_slice(&ffc));
                 let forced_buf = match job.forced {
@@ -351,15 +334,15 @@ impl GpuGlm {
                             let at = (t * b + trial0) * n;
                             v.extend(f[at..at + g * n].iter().map(|&x| x as f32));
                         }
-                        let buf = self.forced.ensure(&ctx, (v.len() * 4) as u64);
+                        let buf = self.forced.ensure(&ctx, (v.len() * 4) as u64)?;
                         ctx.queue.write_buffer(&buf, 0, bytemuck::cast_slice(&v));
                         buf
                     }
-                    None => self.forced.ensure(&ctx, 16),
+                    None => self.forced.ensure(&ctx, 16)?,
                 };
                 let out_bytes = (rows * g * n * 4) as u64;
-                let rates_buf = self.rates.ensure(&ctx, out_bytes);
-                let spikes_buf = self.spikes.ensure(&ctx, out_bytes);
+                let rates_buf = self.rates.ensure(&ctx, out_bytes)?;
+                let spikes_buf = self.spikes.ensure(&ctx, out_bytes)?;
                 let p = GpuParams {
                     n: n as u32,
                     ws: ws as u32,
@@ -373,7 +356,7 @@ impl GpuGlm {
                 ctx.queue
                     .write_buffer(&self.params, 0, bytemuck::bytes_of(&p));
                 let n_disp = rows.div_ceil(k);
-                let win_buf = self.wins(n_disp as u64 * WIN_STRIDE);
+                let win_buf = self.wins(n_disp as u64 * WIN_STRIDE)?;
                 let mut win_data = vec![0u8; n_disp * WIN_STRIDE as usize];
                 for d in 0..n_disp {
                     let step = job.step0 + (seg0 + d * k) as u64;
@@ -491,19 +474,19 @@ pub(crate) fn poisson_samples(
     let pipe = ctx.pipeline(&GLM, "draw_poisson", &[], &LAYOUT)?;
     let mut out = Vec::with_capacity(rows * n);
     ctx.scoped(|| {
-        let params = uniform(ctx, 32, "neurokernels.glm.params");
-        let win = uniform(ctx, 32, "neurokernels.glm.windows");
-        let dummy = ctx.storage(16, "neurokernels.glm.unused");
-        let rw: Vec<wgpu::Buffer> = (0..4)
+        let params = ctx.uniform(32, "neurokernels.glm.params")?;
+        let win = ctx.uniform(32, "neurokernels.glm.windows")?;
+        let dummy = ctx.storage(16, "neurokernels.glm.unused")?;
+        let rw: Vec<TrackedBuffer> = (0..4)
             .map(|_| ctx.storage(16, "neurokernels.glm.unused-rw"))
-            .collect();
+            .collect::<Result<_>>()?;
         let key = key_of(seed);
-        let seeds = ctx.storage(16, "neurokernels.glm.seeds");
+        let seeds = ctx.storage(16, "neurokernels.glm.seeds")?;
         ctx.queue
             .write_buffer(&seeds, 0, bytemuck::cast_slice(&key));
         let cap = (max_rows.min(rows) * n * 4) as u64;
-        let input = ctx.storage(cap, "neurokernels.glm.rates-in");
-        let output = ctx.storage(cap, "neurokernels.glm.draws");
+        let input = ctx.storage(cap, "neurokernels.glm.rates-in")?;
+        let output = ctx.storage(cap, "neurokernels.glm.draws")?;
         let mut r0 = 0;
         while r0 < rows {
             let r = max_rows.min(rows - r0);

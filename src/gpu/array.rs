@@ -5,7 +5,7 @@ use std::sync::Arc;
 use bytemuck::Pod;
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
-use super::GpuContext;
+use super::{GpuContext, TrackedBuffer};
 use crate::error::{Error, Result};
 
 /// Element type of a [`DeviceArray`].
@@ -52,7 +52,7 @@ impl DeviceElement for u8 {
 #[derive(Clone)]
 pub struct DeviceArray {
     pub(crate) ctx: Arc<GpuContext>,
-    pub(crate) buffer: Arc<wgpu::Buffer>,
+    pub(crate) buffer: Arc<TrackedBuffer>,
     shape: Vec<usize>,
     dtype: DType,
 }
@@ -79,7 +79,7 @@ impl DeviceArray {
             .ok_or_else(|| Error::DeviceArray("view not contiguous after copy".into()))?;
         let bytes: &[u8] = bytemuck::cast_slice(data);
         let buffer = ctx.scoped(|| {
-            let buf = ctx.storage(bytes.len() as u64, "device-array");
+            let buf = ctx.storage(bytes.len() as u64, "device-array")?;
             write_padded(ctx, &buf, 0, bytes);
             Ok(buf)
         })?;
@@ -94,7 +94,7 @@ impl DeviceArray {
     /// Wraps an existing buffer (crate-internal: operator outputs).
     pub(crate) fn from_buffer(
         ctx: &Arc<GpuContext>,
-        buffer: Arc<wgpu::Buffer>,
+        buffer: Arc<TrackedBuffer>,
         shape: Vec<usize>,
         dtype: DType,
     ) -> Self {

@@ -1,8 +1,10 @@
 //! Adapter and device acquisition, error capture, pipeline cache, submission and read-back.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::buffer::{MemoryCounters, TrackedBuffer};
 use crate::error::{Error, Result};
 use crate::shaders::Shader;
 
@@ -20,6 +22,16 @@ pub struct GpuOptions {
     pub adapter_name: Option<String>,
     /// Accept a software adapter. Implied when either environment variable is set.
     pub allow_software: bool,
+    /// Most device bytes the context's live buffers may hold together (`None`, the default:
+    /// no budget beyond the device's own limits). A buffer that would pass it is refused with
+    /// [`Error::DeviceMemory`] before anything is allocated. Software adapters (lavapipe,
+    /// llvmpipe) allocate host memory, where the kernel's out-of-memory killer ends the process
+    /// before wgpu reports anything: set a budget there. See [`GpuContext::live_bytes`].
+    pub memory_budget: Option<u64>,
+    /// Limits to open the device with instead of the adapter's own (`None`, the default).
+    /// Each must be within what the adapter supports; lower ones let a large device behave
+    /// like a small one.
+    pub limits: Option<wgpu::Limits>,
 }
 
 impl GpuOptions {
@@ -28,6 +40,15 @@ impl GpuOptions {
         GpuOptions {
             allow_software: true,
             ..Default::default()
+        }
+    }
+
+    /// These options with a device-memory budget of `bytes` (see
+    /// [`GpuOptions::memory_budget`]).
+    pub fn with_memory_budget(self, bytes: u64) -> Self {
+        GpuOptions {
+            memory_budget: Some(bytes),
+            ..self
         }
     }
 }
@@ -47,7 +68,10 @@ pub struct GpuContext {
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
     lost: Arc<Mutex<Option<String>>>,
     uncaptured: Arc<Mutex<Option<String>>>,
-    staging: Mutex<Option<(wgpu::Buffer, u64)>>,
+    staging: Mutex<Option<(TrackedBuffer, u64)>>,
+    memory: Arc<MemoryCounters>,
+    /// The memory budget in bytes (`u64::MAX`: none).
+    budget: AtomicU64,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -118,14 +142,20 @@ impl GpuContext {
                 seen.join(", ")
             ))
         })?;
-        Self::from_adapter(adapter)
+        Self::open(adapter, options)
     }
 
     /// Opens a device on `adapter`, asking for the adapter's own limits (not the downlevel
     /// defaults), so storage bindings and workgroup storage are as large as the hardware allows.
     pub fn from_adapter(adapter: wgpu::Adapter) -> Result<Self> {
+        Self::open(adapter, &GpuOptions::default())
+    }
+
+    /// Opens a device on `adapter` with the limits and memory budget of `options` (the
+    /// adapter-choosing fields are not looked at).
+    pub fn open(adapter: wgpu::Adapter, options: &GpuOptions) -> Result<Self> {
         let info = adapter.get_info();
-        let limits = adapter.limits();
+        let limits = options.limits.clone().unwrap_or_else(|| adapter.limits());
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("neurokernels"),
             required_features: wgpu::Features::empty(),
@@ -157,6 +187,8 @@ impl GpuContext {
             lost,
             uncaptured,
             staging: Mutex::new(None),
+            memory: Arc::new(MemoryCounters::default()),
+            budget: AtomicU64::new(options.memory_budget.unwrap_or(u64::MAX)),
         })
     }
 
@@ -186,6 +218,50 @@ impl GpuContext {
     /// The limits the device was opened with.
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits
+    }
+
+    /// Device buffers of this context alive now: those the crate's operators and device arrays
+    /// hold (streaming state, reused scratch and outputs, the read-back staging buffer), each
+    /// counted from its creation until its last holder drops it. A steady stream of equal
+    /// chunks leaves it flat after the first chunks.
+    pub fn live_buffers(&self) -> u64 {
+        self.memory.buffers()
+    }
+
+    /// Bytes of the buffers counted by [`GpuContext::live_buffers`] (their allocated sizes,
+    /// padding included). Buffers you create yourself on [`GpuContext::device`] are not counted.
+    pub fn live_bytes(&self) -> u64 {
+        self.memory.bytes()
+    }
+
+    /// The budget that [`GpuContext::live_bytes`] may not pass ([`GpuOptions::memory_budget`]).
+    pub fn memory_budget(&self) -> Option<u64> {
+        Some(self.budget.load(Ordering::Relaxed)).filter(|&b| b != u64::MAX)
+    }
+
+    /// Sets the budget of [`GpuOptions::memory_budget`] (`None`: none) from now on. Buffers
+    /// alive already stay, even past a lower budget; only new ones are refused.
+    pub fn set_memory_budget(&self, bytes: Option<u64>) {
+        self.budget
+            .store(bytes.unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Creates a buffer counted in the live totals, after checking it against the device's
+    /// `max_buffer_size` ([`Error::DeviceLimit`]) and the memory budget
+    /// ([`Error::DeviceMemory`]); nothing is allocated when either check fails.
+    pub(crate) fn create_buffer(&self, desc: &wgpu::BufferDescriptor<'_>) -> Result<TrackedBuffer> {
+        if desc.size > self.limits.max_buffer_size {
+            return Err(Error::DeviceLimit {
+                limit: "max_buffer_size",
+                requested: desc.size,
+                max: self.limits.max_buffer_size,
+            });
+        }
+        self.memory.reserve(desc.size, self.memory_budget())?;
+        Ok(TrackedBuffer::new(
+            self.device.create_buffer(desc),
+            self.memory.clone(),
+        ))
     }
 
     /// Largest byte size of one storage binding.
@@ -229,6 +305,11 @@ impl GpuContext {
         let out = f();
         let val_err = pollster::block_on(val.pop());
         let oom_err = pollster::block_on(oom.pop());
+        // A lost device makes every later call fail validation: report the loss itself.
+        if val_err.is_some() || oom_err.is_some() {
+            let _ = self.device.poll(wgpu::PollType::Poll);
+            self.check_alive()?;
+        }
         if let Some(e) = oom_err {
             return Err(Error::OutOfMemory(e.to_string()));
         }
@@ -340,13 +421,70 @@ impl GpuContext {
     }
 
     /// Creates a storage buffer of `size` bytes (at least 16) that can be copied to and from.
-    pub(crate) fn storage(&self, size: u64, label: &str) -> wgpu::Buffer {
-        self.device.create_buffer(&wgpu::BufferDescriptor {
+    pub(crate) fn storage(&self, size: u64, label: &str) -> Result<TrackedBuffer> {
+        self.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: size.max(16).next_multiple_of(4),
             usage: wgpu::BufferUsages::STORAGE
                 | wgpu::BufferUsages::COPY_DST
                 | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// Whether a buffer of `size` bytes may serve a need of `need` bytes bound whole: not when
+    /// the need fits one storage binding but the buffer does not.
+    pub(crate) fn bindable_for(&self, size: u64, need: u64) -> bool {
+        let binding = self.max_binding();
+        need > binding || size <= binding
+    }
+
+    /// A storage buffer of at least `need` bytes (a multiple of 4), rounded up to the next
+    /// power of two (for geometric growth) where the device's limits and the memory budget
+    /// allow, else `need` itself. A need that fits one storage binding gets a buffer that
+    /// does too, so kernels may bind it whole.
+    pub(crate) fn storage_rounded(&self, need: u64, label: &str) -> Result<TrackedBuffer> {
+        let binding = self.max_binding() / 4 * 4;
+        let cap = if need <= binding {
+            binding
+        } else {
+            self.limits.max_buffer_size
+        };
+        let size = need
+            .checked_next_power_of_two()
+            .unwrap_or(need)
+            .min(cap)
+            .max(need);
+        match self.storage(size, label) {
+            Err(Error::DeviceMemory { .. }) if size > need => self.storage(need, label),
+            made => made,
+        }
+    }
+
+    /// Creates a buffer of `usage` (plus `COPY_DST`) holding `data`, at least 16 bytes and
+    /// padded to a multiple of 4.
+    pub(crate) fn filled(
+        &self,
+        data: &[u8],
+        label: &str,
+        usage: wgpu::BufferUsages,
+    ) -> Result<TrackedBuffer> {
+        let buf = self.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: (data.len() as u64).max(16).next_multiple_of(4),
+            usage: usage | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })?;
+        super::write_padded(self, &buf, 0, data);
+        Ok(buf)
+    }
+
+    /// Creates a uniform buffer of `size` bytes (at least 16) that can be written to.
+    pub(crate) fn uniform(&self, size: u64, label: &str) -> Result<TrackedBuffer> {
+        self.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: size.max(16),
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         })
     }
@@ -367,10 +505,11 @@ impl GpuContext {
             .lock()
             .map_err(|_| Error::Readback("staging lock poisoned".into()))?;
         if total > self.limits.max_buffer_size {
-            return Err(Error::Readback(format!(
-                "one read-back of {total} bytes is larger than the device's max_buffer_size ({})",
-                self.limits.max_buffer_size
-            )));
+            return Err(Error::DeviceLimit {
+                limit: "max_buffer_size",
+                requested: total,
+                max: self.limits.max_buffer_size,
+            });
         }
         if total > 0 && staging.as_ref().is_none_or(|s| s.1 < total) {
             // Geometric growth for small read-backs; big ones get (about) their own size, as
@@ -384,12 +523,14 @@ impl GpuContext {
             }
             .min(self.limits.max_buffer_size)
             .max(total);
-            let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+            // The old buffer goes first, so the budget sees only the new one.
+            *staging = None;
+            let buf = self.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("staging"),
                 size: cap,
                 usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
-            });
+            })?;
             *staging = Some((buf, cap));
         }
         if total > 0 {
@@ -469,6 +610,14 @@ impl GpuContext {
         Ok(bytes)
     }
 
+    /// Drops the read-back staging buffer, grown to the largest read-back so far (the next
+    /// read-back makes one of its own size).
+    pub(crate) fn release_staging(&self) {
+        if let Ok(mut s) = self.staging.lock() {
+            *s = None;
+        }
+    }
+
     /// A new command encoder.
     pub(crate) fn encoder(&self) -> wgpu::CommandEncoder {
         self.device
@@ -505,7 +654,7 @@ pub fn grid(groups: u32) -> (u32, u32, u32) {
 /// state and per-chunk scratch live in these so a long stream allocates nothing per chunk.
 #[derive(Debug, Default)]
 pub(crate) struct GrowBuffer {
-    buf: Option<wgpu::Buffer>,
+    buf: Option<TrackedBuffer>,
     label: &'static str,
 }
 
@@ -515,17 +664,27 @@ impl GrowBuffer {
         GrowBuffer { buf: None, label }
     }
 
+    /// Drops the buffer (the next [`GrowBuffer::ensure`] makes a new one).
+    pub(crate) fn release(&mut self) {
+        self.buf = None;
+    }
+
     /// The buffer (a cheap handle), grown to at least `bytes` (contents are lost when it grows).
-    pub(crate) fn ensure(&mut self, ctx: &GpuContext, bytes: u64) -> wgpu::Buffer {
+    ///
+    /// # Errors
+    /// [`Error::DeviceMemory`] or [`Error::DeviceLimit`] when it cannot grow; then it holds no
+    /// buffer (the next call makes one).
+    pub(crate) fn ensure(&mut self, ctx: &GpuContext, bytes: u64) -> Result<wgpu::Buffer> {
         let need = bytes.max(16).next_multiple_of(4);
-        let ok = self.buf.as_ref().is_some_and(|b| b.size() >= need);
-        if !ok {
+        if self
+            .buf
+            .as_ref()
+            .is_some_and(|b| !ctx.bindable_for(b.size(), need))
+        {
             self.buf = None;
         }
         let label = self.label;
-        self.buf
-            .get_or_insert_with(|| ctx.storage(need.next_power_of_two(), label))
-            .clone()
+        super::grow_slot(&mut self.buf, need, || ctx.storage_rounded(need, label))
     }
 }
 

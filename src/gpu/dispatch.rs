@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytemuck::Pod;
 use ndarray::{Array2, ArrayView2};
 
-use super::{write_padded, DType, DeviceArray, GpuContext, GrowBuffer};
+use super::{write_padded, DType, DeviceArray, GpuContext, GrowBuffer, TrackedBuffer};
 use crate::error::{Error, Result};
 
 fn gcd(mut a: u64, mut b: u64) -> u64 {
@@ -30,6 +30,23 @@ pub(crate) fn bind(buffer: &wgpu::Buffer, offset: u64, size: u64) -> wgpu::Bindi
         offset,
         size: wgpu::BufferSize::new(size),
     })
+}
+
+/// Where a streaming operator stands, to rewind it to after a later stage of the chain failed
+/// on the same chunk: its host-side position and channel count, and on the GPU engine its
+/// committed state copy. Valid until the operator's next chunk: a chunk writes only the state
+/// copies other than the committed one, so the copy a mark names still holds that state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StreamMark {
+    /// Channel count fixed by the stream.
+    pub(crate) n_channels: Option<usize>,
+    /// Samples consumed (absolute position).
+    pub(crate) pos: u64,
+    /// Bins emitted (binning only).
+    pub(crate) next_bin: u64,
+    /// The GPU half's committed state copy, and the channel count it was set up for (or any
+    /// `Some` when set up at all).
+    pub(crate) gpu: Option<(usize, Option<usize>)>,
 }
 
 /// Rows of `row_bytes` each that one piece of a chunk binds: a multiple of `step` that fits
@@ -64,7 +81,7 @@ pub(crate) fn rows_too_wide(max_binding: u64, nc: usize) -> Error {
 #[derive(Debug)]
 pub(crate) struct ParamsBuffer {
     label: &'static str,
-    buf: Option<(wgpu::Buffer, u64)>,
+    buf: Option<(TrackedBuffer, u64)>,
 }
 
 /// The params of one chunk's dispatches, as written by [`ParamsBuffer::write`].
@@ -90,57 +107,64 @@ impl ParamsBuffer {
 
     /// Queues `items` (one per dispatch) into the buffer, growing it first when needed.
     /// Queued writes run before the commands of the next submit.
-    pub(crate) fn write<T: Pod>(&mut self, ctx: &GpuContext, items: &[T]) -> ParamsView<'_> {
+    ///
+    /// # Errors
+    /// [`Error::DeviceMemory`] or [`Error::DeviceLimit`] when it cannot grow.
+    pub(crate) fn write<T: Pod>(
+        &mut self,
+        ctx: &GpuContext,
+        items: &[T],
+    ) -> Result<ParamsView<'_>> {
         let stride = (ctx.limits().min_uniform_buffer_offset_alignment as u64).max(64);
         let item = std::mem::size_of::<T>();
         let pbytes = items.len() as u64 * stride;
         if self.buf.as_ref().is_none_or(|(_, s)| *s < pbytes) {
             self.buf = None;
         }
-        let label = self.label;
-        let (buf, _) = self.buf.get_or_insert_with(|| {
+        if self.buf.is_none() {
             let size = pbytes.next_power_of_two().max(256);
-            let buf = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(label),
-                size,
-                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
-            (buf, size)
-        });
+            self.buf = Some((ctx.uniform(size, self.label)?, size));
+        }
+        let (buf, _) = self
+            .buf
+            .as_ref()
+            .ok_or_else(|| Error::DeviceArray("no params buffer".into()))?;
         let mut pdata = vec![0u8; pbytes as usize];
         for (k, d) in items.iter().enumerate() {
             let at = k * stride as usize;
             pdata[at..at + item].copy_from_slice(bytemuck::bytes_of(d));
         }
         write_padded(ctx, buf, 0, &pdata);
-        ParamsView {
+        Ok(ParamsView {
             buf,
             stride,
             size: item as u64,
-        }
+        })
     }
 }
 
 /// An output buffer of at least `bytes` in `slot`, reused while nobody else holds it, otherwise
 /// replaced by a new one (sized to the next power of two).
+///
+/// # Errors
+/// [`Error::DeviceMemory`] or [`Error::DeviceLimit`] when a new one cannot be made; then the
+/// slot is empty.
 pub(crate) fn reusable_output(
     ctx: &GpuContext,
-    slot: &mut Option<Arc<wgpu::Buffer>>,
+    slot: &mut Option<Arc<TrackedBuffer>>,
     bytes: u64,
     label: &str,
-) -> Arc<wgpu::Buffer> {
+) -> Result<Arc<TrackedBuffer>> {
     let need = bytes.max(16).next_multiple_of(4);
-    let reuse = slot
-        .as_ref()
-        .is_some_and(|b| Arc::strong_count(b) == 1 && b.size() >= need);
-    if !reuse {
-        *slot = Some(Arc::new(ctx.storage(need.next_power_of_two(), label)));
+    if let Some(b) = slot.as_ref().filter(|b| {
+        Arc::strong_count(b) == 1 && b.size() >= need && ctx.bindable_for(b.size(), need)
+    }) {
+        return Ok(b.clone());
     }
-    match slot {
-        Some(b) => b.clone(),
-        None => Arc::new(ctx.storage(need, label)),
-    }
+    *slot = None;
+    let b = Arc::new(ctx.storage_rounded(need, label)?);
+    *slot = Some(b.clone());
+    Ok(b)
 }
 
 /// Uploads a host chunk into `input` (grown to fit) and returns the buffer.
@@ -155,7 +179,7 @@ pub(crate) fn upload_chunk(
         .ok_or_else(|| Error::DeviceArray("chunk not contiguous after copy".into()))?;
     let bytes: &[u8] = bytemuck::cast_slice(flat);
     ctx.scoped(|| {
-        let buf = input.ensure(ctx, bytes.len() as u64);
+        let buf = input.ensure(ctx, bytes.len() as u64)?;
         write_padded(ctx, &buf, 0, bytes);
         Ok(buf)
     })
@@ -183,7 +207,7 @@ pub(crate) trait SameShapeKernel {
     fn input_buffer(&mut self) -> &mut GrowBuffer;
 
     /// An output buffer of at least `bytes`.
-    fn output_buffer(&mut self, bytes: u64) -> Arc<wgpu::Buffer>;
+    fn output_buffer(&mut self, bytes: u64) -> Result<Arc<TrackedBuffer>>;
 
     /// Runs the kernel on the `n × nc` chunk in `input` (`n > 0`) into `output`; with
     /// `read_output`, the output's bytes come back too.
@@ -201,7 +225,7 @@ pub(crate) trait SameShapeKernel {
         let (n, nc) = chunk.dim();
         let ctx = self.context().clone();
         let input = upload_chunk(&ctx, self.input_buffer(), chunk)?;
-        let output = ctx.scoped(|| Ok(self.output_buffer((n * nc * 4) as u64)))?;
+        let output = ctx.scoped(|| self.output_buffer((n * nc * 4) as u64))?;
         let out = self.run(&input, &output, n, nc, true)?.unwrap_or_default();
         let vals: Vec<f32> = bytemuck::pod_collect_to_vec(&out);
         Array2::from_shape_vec((n, nc), vals).map_err(|e| Error::DeviceArray(e.to_string()))
@@ -222,7 +246,7 @@ pub(crate) trait SameShapeKernel {
                 ))
             }
         };
-        let output = ctx.scoped(|| Ok(self.output_buffer((n * nc * 4) as u64)))?;
+        let output = ctx.scoped(|| self.output_buffer((n * nc * 4) as u64))?;
         if n > 0 {
             let input = chunk.buffer.clone();
             self.run(&input, &output, n, nc, false)?;

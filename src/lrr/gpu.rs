@@ -11,7 +11,10 @@ use ndarray::{Array2, ArrayView2};
 use super::solve::{solve_cluster, SINGULAR_TOL};
 use super::Layout;
 use crate::error::{Error, Result};
-use crate::gpu::{grid, write_padded, Binding, DType, DeviceArray, GpuContext, GrowBuffer};
+use crate::gpu::{
+    grid, reusable_output, write_padded, Binding, DType, DeviceArray, GpuContext, GrowBuffer,
+    TrackedBuffer,
+};
 use crate::shaders::LRR;
 
 /// Group 0 of `lrr.wgsl`, binding by binding.
@@ -81,11 +84,11 @@ struct GroupTiles {
 #[derive(Debug)]
 pub(crate) struct GpuLrr {
     ctx: Arc<GpuContext>,
-    params: wgpu::Buffer,
-    tiles: wgpu::Buffer,
-    idx: wgpu::Buffer,
-    clusters: wgpu::Buffer,
-    jobs: wgpu::Buffer,
+    params: TrackedBuffer,
+    tiles: TrackedBuffer,
+    idx: TrackedBuffer,
+    clusters: TrackedBuffer,
+    jobs: TrackedBuffer,
     cluster_rows: Vec<GpuCluster>,
     group_tiles: Vec<GroupTiles>,
     n_tiles: usize,
@@ -93,43 +96,27 @@ pub(crate) struct GpuLrr {
     /// Clusters solved on the device (a prefix; the rest are solved on the host).
     n_gpu_clusters: usize,
     /// `C` in three copies; `cur` holds the statistics.
-    c: [wgpu::Buffer; 3],
+    c: [TrackedBuffer; 3],
     cur: usize,
     /// `I − W` in two copies; `m_cur` is in use.
-    m: [wgpu::Buffer; 2],
+    m: [TrackedBuffer; 2],
     m_cur: usize,
     m_len: usize,
-    flags: wgpu::Buffer,
-    scratch: wgpu::Buffer,
+    flags: TrackedBuffer,
+    scratch: TrackedBuffer,
     partials: GrowBuffer,
     input: GrowBuffer,
     y: GrowBuffer,
     /// Placeholders for read-only and read-write slots a dispatch does not use (one buffer
     /// may not be bound both ways in a dispatch).
-    dummy_r: wgpu::Buffer,
-    dummy_w: wgpu::Buffer,
-    dev_out: Option<Arc<wgpu::Buffer>>,
+    dummy_r: TrackedBuffer,
+    dummy_w: TrackedBuffer,
+    dev_out: Option<Arc<TrackedBuffer>>,
     pending: Option<wgpu::SubmissionIndex>,
     pipe_tiles: wgpu::ComputePipeline,
     pipe_fold: wgpu::ComputePipeline,
     pipe_solve: wgpu::ComputePipeline,
     pipe_transform: wgpu::ComputePipeline,
-}
-
-fn buffer_init(
-    ctx: &GpuContext,
-    bytes: &[u8],
-    label: &str,
-    usage: wgpu::BufferUsages,
-) -> wgpu::Buffer {
-    let buf = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some(label),
-        size: (bytes.len() as u64).max(16).next_multiple_of(4),
-        usage: usage | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    write_padded(ctx, &buf, 0, bytes);
-    buf
 }
 
 impl GpuLrr {
@@ -228,45 +215,43 @@ impl GpuLrr {
         ctx.scoped(|| {
             Ok(GpuLrr {
                 ctx: ctx.clone(),
-                params: buffer_init(
-                    ctx,
+                params: ctx.filled(
                     bytemuck::bytes_of(&GpuParams::default()),
                     "lrr-params",
                     wgpu::BufferUsages::UNIFORM,
-                ),
-                tiles: buffer_init(ctx, bytemuck::cast_slice(&tiles), "lrr-tiles", storage),
-                idx: buffer_init(ctx, bytemuck::cast_slice(&idx), "lrr-idx", storage),
-                clusters: buffer_init(
-                    ctx,
+                )?,
+                tiles: ctx.filled(bytemuck::cast_slice(&tiles), "lrr-tiles", storage)?,
+                idx: ctx.filled(bytemuck::cast_slice(&idx), "lrr-idx", storage)?,
+                clusters: ctx.filled(
                     bytemuck::cast_slice(&cluster_rows),
                     "lrr-clusters",
                     storage,
-                ),
-                jobs: buffer_init(ctx, bytemuck::cast_slice(&jobs), "lrr-jobs", storage),
+                )?,
+                jobs: ctx.filled(bytemuck::cast_slice(&jobs), "lrr-jobs", storage)?,
                 cluster_rows,
                 group_tiles,
                 n_tiles,
                 n_jobs: jobs.len(),
                 n_gpu_clusters,
                 c: [
-                    ctx.storage(c_bytes as u64, "lrr-c-a"),
-                    ctx.storage(c_bytes as u64, "lrr-c-b"),
-                    ctx.storage(c_bytes as u64, "lrr-c-c"),
+                    ctx.storage(c_bytes as u64, "lrr-c-a")?,
+                    ctx.storage(c_bytes as u64, "lrr-c-b")?,
+                    ctx.storage(c_bytes as u64, "lrr-c-c")?,
                 ],
                 cur: 0,
                 m: [
-                    buffer_init(ctx, bytemuck::cast_slice(&identity), "lrr-m-a", storage),
-                    buffer_init(ctx, bytemuck::cast_slice(&identity), "lrr-m-b", storage),
+                    ctx.filled(bytemuck::cast_slice(&identity), "lrr-m-a", storage)?,
+                    ctx.filled(bytemuck::cast_slice(&identity), "lrr-m-b", storage)?,
                 ],
                 m_cur: 0,
                 m_len,
-                flags: ctx.storage((4 * layout.clusters.len()) as u64, "lrr-flags"),
-                scratch: ctx.storage((s_off * 8) as u64, "lrr-scratch"),
+                flags: ctx.storage((4 * layout.clusters.len()) as u64, "lrr-flags")?,
+                scratch: ctx.storage((s_off * 8) as u64, "lrr-scratch")?,
                 partials: GrowBuffer::new("lrr-partials"),
                 input: GrowBuffer::new("lrr-input"),
                 y: GrowBuffer::new("lrr-y"),
-                dummy_r: ctx.storage(16, "lrr-dummy-r"),
-                dummy_w: ctx.storage(16, "lrr-dummy-w"),
+                dummy_r: ctx.storage(16, "lrr-dummy-r")?,
+                dummy_w: ctx.storage(16, "lrr-dummy-w")?,
                 dev_out: None,
                 pending: None,
                 pipe_tiles: ctx.pipeline(&LRR, "cov_tiles", &[], &LAYOUT)?,
@@ -275,6 +260,14 @@ impl GpuLrr {
                 pipe_transform: ctx.pipeline(&LRR, "transform", &[], &LAYOUT)?,
             })
         })
+    }
+
+    /// Drops the per-chunk buffers, sized for the largest chunk so far.
+    pub(crate) fn release_scratch(&mut self) {
+        self.partials.release();
+        self.input.release();
+        self.y.release();
+        self.dev_out = None;
     }
 
     /// Waits for the last unwaited submission (bounds the memory queued behind it).
@@ -376,11 +369,11 @@ impl GpuLrr {
                 };
                 ctx.queue
                     .write_buffer(&self.params, 0, bytemuck::bytes_of(&p));
-                let input = self.input.ensure(&ctx, (sub.len() * 4) as u64);
+                let input = self.input.ensure(&ctx, (sub.len() * 4) as u64)?;
                 write_padded(&ctx, &input, 0, bytemuck::cast_slice(sub));
                 let partials = self
                     .partials
-                    .ensure(&ctx, (n_splits * self.n_tiles * 256 * 8) as u64);
+                    .ensure(&ctx, (n_splits * self.n_tiles * 256 * 8) as u64)?;
                 let m = &self.m[self.m_cur];
                 let res = self.resources(
                     &input,
@@ -443,7 +436,7 @@ impl GpuLrr {
             };
             ctx.queue
                 .write_buffer(&self.params, 0, bytemuck::bytes_of(&p));
-            let y = self.y.ensure(&ctx, 16);
+            let y = self.y.ensure(&ctx, 16)?;
             let res = self.resources(
                 &self.dummy_r,
                 &self.dummy_w,
@@ -639,9 +632,9 @@ impl GpuLrr {
             let n = (rows - start).min(max_rows);
             let sub = &data[start * nc..(start + n) * nc];
             let bytes = ctx.scoped(|| {
-                let input = self.input.ensure(&ctx, (sub.len() * 4) as u64);
+                let input = self.input.ensure(&ctx, (sub.len() * 4) as u64)?;
                 write_padded(&ctx, &input, 0, bytemuck::cast_slice(sub));
-                let y = self.y.ensure(&ctx, (sub.len() * 4) as u64);
+                let y = self.y.ensure(&ctx, (sub.len() * 4) as u64)?;
                 let enc = self.record_transform(&input, &y, n, nc);
                 ctx.submit_and_read(enc, &[(&y, 0, (sub.len() * 4) as u64)])
             })?;
@@ -668,14 +661,7 @@ impl GpuLrr {
         }
         self.wait_pending()?;
         let bytes = (n * nc * 4) as u64;
-        let out = match self.dev_out.take() {
-            Some(b) if Arc::strong_count(&b) == 1 && b.size() >= bytes.max(16) => b,
-            _ => Arc::new(
-                self.ctx
-                    .storage(bytes.max(16).next_power_of_two(), "lrr-out"),
-            ),
-        };
-        self.dev_out = Some(out.clone());
+        let out = reusable_output(&self.ctx, &mut self.dev_out, bytes, "lrr-out")?;
         if n > 0 {
             let ctx = self.ctx.clone();
             ctx.scoped(|| {

@@ -512,6 +512,14 @@ pub struct Lrr {
 }
 
 impl Lrr {
+    /// GPU engine: drops the buffers sized for the largest chunk so far (after fitting on a
+    /// large calibration window, before a stream of small chunks).
+    pub(crate) fn release_scratch(&mut self) {
+        if let Some(EngineState::Gpu(g)) = &mut self.state {
+            g.release_scratch();
+        }
+    }
+
     /// A new operator. Errors name the invalid setting: `ridge_lambda` negative or not
     /// finite, duplicated cluster members, preloaded weights that are not square, not
     /// finite, unreadable, or whose size puts a cluster index out of range.

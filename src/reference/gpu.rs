@@ -12,6 +12,7 @@ use crate::error::Result;
 use crate::gpu::{
     align_step, bind, grid, non_finite_row, reusable_output, row_pieces, rows_per_piece,
     rows_too_wide, submit_pass, Binding, GpuContext, GrowBuffer, ParamsBuffer, SameShapeKernel,
+    TrackedBuffer,
 };
 use crate::shaders::REFERENCE;
 
@@ -49,9 +50,9 @@ pub(crate) struct GpuCar {
     median: bool,
     input: GrowBuffer,
     mid: GrowBuffer,
-    output: Option<Arc<wgpu::Buffer>>,
+    output: Option<Arc<TrackedBuffer>>,
     params: ParamsBuffer,
-    status: wgpu::Buffer,
+    status: TrackedBuffer,
 }
 
 impl std::fmt::Debug for GpuCar {
@@ -73,7 +74,7 @@ impl GpuCar {
         };
         let centre = ctx.pipeline(&REFERENCE, entry, &consts, &LAYOUT)?;
         let subtract = ctx.pipeline(&REFERENCE, "subtract", &consts, &LAYOUT)?;
-        let status = ctx.scoped(|| Ok(ctx.storage(16, "neurokernels.reference.status")))?;
+        let status = ctx.scoped(|| ctx.storage(16, "neurokernels.reference.status"))?;
         Ok(GpuCar {
             ctx: ctx.clone(),
             centre,
@@ -97,7 +98,7 @@ impl SameShapeKernel for GpuCar {
         &mut self.input
     }
 
-    fn output_buffer(&mut self, bytes: u64) -> Arc<wgpu::Buffer> {
+    fn output_buffer(&mut self, bytes: u64) -> Result<Arc<TrackedBuffer>> {
         reusable_output(
             &self.ctx,
             &mut self.output,
@@ -128,7 +129,7 @@ impl SameShapeKernel for GpuCar {
         let pieces = row_pieces(n64, rows_per);
         let mid_rows = rows_per.min(n64);
         ctx.scoped(|| {
-            let mid = self.mid.ensure(&ctx, mid_rows * 8);
+            let mid = self.mid.ensure(&ctx, mid_rows * 8)?;
             let params: Vec<PieceParams> = pieces
                 .iter()
                 .map(|&(row0, rows)| PieceParams {
@@ -138,7 +139,7 @@ impl SameShapeKernel for GpuCar {
                     pad: 0,
                 })
                 .collect();
-            let params = self.params.write(&ctx, &params);
+            let params = self.params.write(&ctx, &params)?;
             let mut groups = Vec::with_capacity(pieces.len());
             for (k, &(row0, rows)) in pieces.iter().enumerate() {
                 let off = row0 * row_bytes;

@@ -13,7 +13,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::synth::LFP;
 use crate::error::{Error, Result};
-use crate::gpu::{grid, write_padded, Binding, DType, DeviceArray, GpuContext};
+use crate::gpu::{grid, Binding, DType, DeviceArray, GpuContext, TrackedBuffer};
 use crate::shaders::SYNTH;
 
 /// Invocations per workgroup.
@@ -66,9 +66,9 @@ pub(crate) struct GpuSynth {
     pipeline: wgpu::ComputePipeline,
     consts: SynthConsts,
     n_wave: usize,
-    amplitude: wgpu::Buffer,
-    gains: wgpu::Buffer,
-    wave: wgpu::Buffer,
+    amplitude: TrackedBuffer,
+    gains: TrackedBuffer,
+    wave: TrackedBuffer,
 }
 
 impl std::fmt::Debug for GpuSynth {
@@ -96,10 +96,12 @@ fn bind(buffer: &wgpu::Buffer, offset: u64, size: u64) -> wgpu::BindingResource<
 }
 
 /// A storage buffer holding `data` (at least 16 bytes).
-fn filled(ctx: &GpuContext, data: &[u8], label: &str) -> wgpu::Buffer {
-    let buf = ctx.storage(data.len() as u64, label);
-    write_padded(ctx, &buf, 0, data);
-    buf
+fn filled(ctx: &GpuContext, data: &[u8], label: &str) -> Result<TrackedBuffer> {
+    ctx.filled(
+        data,
+        label,
+        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+    )
 }
 
 impl GpuSynth {
@@ -119,9 +121,9 @@ impl GpuSynth {
                     ctx,
                     bytemuck::cast_slice(amplitude),
                     "neurokernels.synth.amplitude",
-                ),
-                filled(ctx, bytemuck::cast_slice(gains), "neurokernels.synth.gains"),
-                filled(ctx, bytemuck::cast_slice(wave), "neurokernels.synth.wave"),
+                )?,
+                filled(ctx, bytemuck::cast_slice(gains), "neurokernels.synth.gains")?,
+                filled(ctx, bytemuck::cast_slice(wave), "neurokernels.synth.wave")?,
             ))
         })?;
         Ok(GpuSynth {
@@ -153,7 +155,7 @@ impl GpuSynth {
         let ctx = &self.ctx;
         let nc = self.consts.channels;
         if n == 0 {
-            let buf = ctx.scoped(|| Ok(ctx.storage(16, "neurokernels.synth.output")))?;
+            let buf = ctx.scoped(|| ctx.storage(16, "neurokernels.synth.output"))?;
             return Ok(DeviceArray::from_buffer(
                 ctx,
                 Arc::new(buf),
@@ -225,25 +227,20 @@ impl GpuSynth {
             .collect();
         let c = &self.consts;
         let out = ctx.scoped(|| {
-            let output = ctx.storage(n64 * row_bytes, "neurokernels.synth.output");
+            let output = ctx.storage(n64 * row_bytes, "neurokernels.synth.output")?;
             let offsets_buf = filled(
                 ctx,
                 bytemuck::cast_slice(&offsets),
                 "neurokernels.synth.offsets",
-            );
-            let onsets_buf = filled(ctx, bytemuck::cast_slice(&rel), "neurokernels.synth.onsets");
+            )?;
+            let onsets_buf = filled(ctx, bytemuck::cast_slice(&rel), "neurokernels.synth.onsets")?;
             let phases_buf = filled(
                 ctx,
                 bytemuck::cast_slice(&phases),
                 "neurokernels.synth.phases",
-            );
+            )?;
             let pbytes = pieces.len() as u64 * a_u;
-            let params = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("neurokernels.synth.params"),
-                size: pbytes.max(256),
-                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
+            let params = ctx.uniform(pbytes.max(256), "neurokernels.synth.params")?;
             let mut pdata = vec![0u8; pbytes as usize];
             for (k, &(row0, rows)) in pieces.iter().enumerate() {
                 let t = start + row0;

@@ -19,7 +19,7 @@ use crate::events::{DeviceEvents, Event};
 use crate::gpu::{
     align_step, bind, check_context, grid, non_finite_row, reusable_output, rows_per_piece,
     submit_pass, upload_chunk, write_padded, Binding, DeviceArray, GpuContext, GrowBuffer,
-    ParamsBuffer,
+    ParamsBuffer, TrackedBuffer,
 };
 use crate::shaders::THRESHOLD;
 
@@ -99,20 +99,20 @@ pub(crate) struct GpuThreshold {
     ctx: Arc<GpuContext>,
     pipeline: wgpu::ComputePipeline,
     /// State buffers (`STATE_BYTES` per channel); `states[committed]` is the accepted state.
-    states: Vec<wgpu::Buffer>,
+    states: Vec<TrackedBuffer>,
     committed: usize,
     /// Channel count the state and thresholds were initialised for.
     init_for: Option<usize>,
-    thresholds: Option<wgpu::Buffer>,
+    thresholds: Option<TrackedBuffer>,
     /// Upload buffer for host chunks.
     input: GrowBuffer,
     /// Uniform buffer of the dispatches' params.
     params: ParamsBuffer,
     /// One status word.
-    status: wgpu::Buffer,
+    status: TrackedBuffer,
     /// Event slots and counts, reused while no [`DeviceEvents`] still holds them.
-    slots: Option<Arc<wgpu::Buffer>>,
-    counts: Option<Arc<wgpu::Buffer>>,
+    slots: Option<Arc<TrackedBuffer>>,
+    counts: Option<Arc<TrackedBuffer>>,
     /// Slots per channel to try first (grows to the largest count seen).
     cap_hint: u32,
     /// Test knob: cap on one binding's bytes.
@@ -137,6 +137,17 @@ fn max_events(n: usize) -> u32 {
 }
 
 impl GpuThreshold {
+    /// The committed state copy and the channel count it was set up for.
+    pub(crate) fn mark(&self) -> (usize, Option<usize>) {
+        (self.committed, self.init_for)
+    }
+
+    /// Back to what [`GpuThreshold::mark`] returned (before the chunk since).
+    pub(crate) fn rewind(&mut self, (committed, init_for): (usize, Option<usize>)) {
+        self.committed = committed;
+        self.init_for = init_for;
+    }
+
     pub(crate) fn new(ctx: &Arc<GpuContext>) -> Result<Self> {
         let pipeline = ctx.pipeline(
             &THRESHOLD,
@@ -144,7 +155,7 @@ impl GpuThreshold {
             &[("WG_SIZE", WG_SIZE as f64)],
             &LAYOUT,
         )?;
-        let status = ctx.scoped(|| Ok(ctx.storage(16, "neurokernels.threshold.status")))?;
+        let status = ctx.scoped(|| ctx.storage(16, "neurokernels.threshold.status"))?;
         Ok(GpuThreshold {
             ctx: ctx.clone(),
             pipeline,
@@ -189,7 +200,7 @@ impl GpuThreshold {
             if self.states.len() != 3 || self.states[0].size() < bytes {
                 self.states = (0..3)
                     .map(|_| ctx.storage(bytes, "neurokernels.threshold.state"))
-                    .collect();
+                    .collect::<Result<_>>()?;
             }
             self.committed = 0;
             let init = vec![
@@ -213,7 +224,7 @@ impl GpuThreshold {
                     [v, dir]
                 })
                 .collect();
-            let tb = ctx.storage(nc as u64 * 8, "neurokernels.threshold.thresholds");
+            let tb = ctx.storage(nc as u64 * 8, "neurokernels.threshold.thresholds")?;
             write_padded(&ctx, &tb, 0, bytemuck::cast_slice(&tv));
             self.thresholds = Some(tb);
             Ok(())
@@ -373,20 +384,20 @@ impl GpuThreshold {
         ctx.scoped(|| {
             // Params, one per dispatch, at uniform-offset-aligned strides.
             let params: Vec<DispatchParams> = dispatches.iter().map(|d| d.0).collect();
-            let params = self.params.write(&ctx, &params);
+            let params = self.params.write(&ctx, &params)?;
 
             let slots = reusable_output(
                 &ctx,
                 &mut self.slots,
                 slots_bytes,
                 "neurokernels.threshold.slots",
-            );
+            )?;
             let counts = reusable_output(
                 &ctx,
                 &mut self.counts,
                 nc as u64 * 4,
                 "neurokernels.threshold.counts",
-            );
+            )?;
             let thresholds = self
                 .thresholds
                 .as_ref()
@@ -517,8 +528,8 @@ impl GpuThreshold {
         let nc = ev.n_channels;
         let slots_bytes = nc as u64 * ev.capacity as u64 * SLOT_BYTES;
         let mut read = vec![
-            (&*ev.counts, 0, nc as u64 * 4),
-            (&*ev.slots, 0, slots_bytes),
+            (&**ev.counts, 0, nc as u64 * 4),
+            (&**ev.slots, 0, slots_bytes),
         ];
         if let Some((buf, len)) = also.filter(|&(_, len)| len > 0) {
             read.push((buf, 0, len));

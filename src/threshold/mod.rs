@@ -112,7 +112,7 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::events::{DeviceEvents, Event};
 use crate::exact::duration_samples;
-use crate::gpu::{DType, DeviceArray};
+use crate::gpu::{DType, DeviceArray, StreamMark};
 use crate::validate::{check_finite, f32_device_chunk, needs_gpu, non_finite_in_row};
 
 /// Settings of [`ThresholdCrossing`]. Defaults are ezmsg-event's `ThresholdSettings`:
@@ -254,6 +254,28 @@ fn check_finite_nonneg(name: &'static str, v: f64) -> Result<()> {
 }
 
 impl ThresholdCrossing {
+    /// Where the stream stands (see [`StreamMark`]).
+    pub(crate) fn mark(&self) -> StreamMark {
+        let gpu = match &self.engine {
+            EngineState::Gpu(g) => Some(g.mark()),
+            EngineState::Cpu(_) => None,
+        };
+        StreamMark {
+            n_channels: self.n_channels,
+            pos: self.pos,
+            next_bin: 0,
+            gpu,
+        }
+    }
+
+    /// Back to `mark`, taken on the GPU engine before the one chunk processed since.
+    pub(crate) fn rewind(&mut self, mark: StreamMark) {
+        if let (EngineState::Gpu(g), Some(m)) = (&mut self.engine, mark.gpu) {
+            g.rewind(m);
+            (self.n_channels, self.pos) = (mark.n_channels, mark.pos);
+        }
+    }
+
     /// A new stream at sample rate `fs` (Hz) with the scalar `settings.threshold` on every
     /// channel; the channel count is fixed by the first chunk.
     ///

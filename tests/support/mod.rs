@@ -40,6 +40,17 @@ pub fn gpu_per_thread() -> Engine {
     GPU.with(|g| expect_gpu(g))
 }
 
+/// A GPU engine of its own (a new context) opened with `options` (software adapters allowed);
+/// fails, never skips, without an adapter.
+pub fn gpu_with(options: GpuOptions) -> Engine {
+    let made = Engine::gpu(&GpuOptions {
+        allow_software: true,
+        ..options
+    })
+    .map_err(|e| e.to_string());
+    expect_gpu(&made)
+}
+
 /// The shared GPU engine's context.
 pub fn ctx() -> Arc<GpuContext> {
     match gpu() {
