@@ -116,10 +116,10 @@ fn filter_refuses_other_settings_and_corrupt_bytes_state_unchanged() {
     }
 }
 
-/// A device destroyed mid-stream (`wgpu::Device::destroy`): the next chunk fails with a typed
-/// error (no panic), and a filter on a new engine restored from the last saved state gives the
-/// uninterrupted stream's output bit-for-bit. Runs on Vulkan and GL alike (on GL the destroy
-/// also makes the next submission fail; the restore on the new engine is checked the same).
+/// A device destroyed mid-stream (`wgpu::Device::destroy`): the next chunk fails with
+/// [`Error::DeviceLost`] (no panic), and a filter on a new engine restored from the last saved
+/// state gives the uninterrupted stream's output bit-for-bit. Runs on Vulkan and GL alike (on
+/// GL too the destroy makes the next chunk fail with `DeviceLost`).
 #[test]
 fn filter_resumes_on_a_new_engine_after_the_device_is_destroyed() {
     use neurokernels::GpuOptions;
@@ -139,10 +139,7 @@ fn filter_resumes_on_a_new_engine_after_the_device_is_destroyed() {
         .process(x.slice(s![at.., ..]))
         .expect_err("a destroyed device must fail the chunk");
     assert!(
-        matches!(
-            err,
-            Error::DeviceLost(_) | Error::Validation(_) | Error::Readback(_)
-        ),
+        matches!(err, Error::DeviceLost(_)),
         "unexpected error {err:?}"
     );
     let mut g = filter(&open());
