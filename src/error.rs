@@ -114,6 +114,10 @@ pub enum Error {
         /// What is wrong with it (one line).
         message: String,
     },
+    /// A saved operator state is malformed, corrupted, of another format version, or was
+    /// saved by an operator of another kind, shape or settings (see [`crate::state`]).
+    #[error("cannot restore state: {0}")]
+    State(String),
 }
 
 /// `Result` with the crate's [`Error`].

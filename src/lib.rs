@@ -31,6 +31,7 @@ pub mod reference;
 pub mod rng;
 pub mod shaders;
 pub mod simulate;
+pub mod state;
 pub mod threshold;
 mod validate;
 

@@ -37,6 +37,26 @@ impl CpuState {
         self.w.resize(nc, 0.0);
     }
 
+    /// The state as `(z₁ hi, z₁ lo, z₂ hi, z₂ lo)` per (section, channel), section-major:
+    /// the `lo` halves are `−0.0` (adding it is the identity, signed zeros included).
+    pub(crate) fn pairs(&self) -> Vec<f64> {
+        self.z1
+            .iter()
+            .zip(&self.z2)
+            .flat_map(|(&a, &b)| [a, -0.0, b, -0.0])
+            .collect()
+    }
+
+    /// Sets the state of `ns` sections × `nc` channels from [`CpuState::pairs`]'s layout
+    /// (`pairs.len() == 4·ns·nc`, checked by the caller): each value is `hi + lo`.
+    pub(crate) fn set_pairs(&mut self, ns: usize, nc: usize, pairs: &[f64]) {
+        self.init(ns, nc);
+        for (i, p) in pairs.chunks_exact(4).enumerate() {
+            self.z1[i] = p[0] + p[1];
+            self.z2[i] = p[2] + p[3];
+        }
+    }
+
     /// Channels the state is sized for (0 when not yet initialised).
     pub(crate) fn channels(&self) -> usize {
         self.nc

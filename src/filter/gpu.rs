@@ -150,6 +150,37 @@ impl GpuFilter {
         self.init_for = None;
     }
 
+    /// The committed state of `nc` channels, read back: `(z₁ hi, z₁ lo, z₂ hi, z₂ lo)` per
+    /// (section, channel), section-major (zeros when the state is not sized for `nc`).
+    pub(crate) fn read_state(&self, nc: usize) -> Result<Vec<f32>> {
+        let n = self.n_sections * nc * 4;
+        if self.init_for != Some(nc) {
+            return Ok(vec![0.0; n]);
+        }
+        let ctx = &self.ctx;
+        let bytes = ctx.scoped(|| {
+            ctx.submit_and_read(
+                ctx.encoder(),
+                &[(&self.states[self.committed], 0, n as u64 * 4)],
+            )
+        })?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// Makes `state` (the layout of [`GpuFilter::read_state`], checked by the caller) the
+    /// committed state for `nc` channels. Checks the size against the adapter before
+    /// changing anything.
+    pub(crate) fn write_state(&mut self, nc: usize, state: &[f32]) -> Result<()> {
+        self.init(nc)?;
+        write_padded(
+            &self.ctx,
+            &self.states[self.committed],
+            0,
+            bytemuck::cast_slice(state),
+        );
+        Ok(())
+    }
+
     pub(crate) fn set_rows_limit(&mut self, rows: Option<usize>) {
         self.rows_limit = rows;
     }

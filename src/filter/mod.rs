@@ -78,8 +78,12 @@ use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::gpu::{DeviceArray, SameShapeKernel, StreamMark};
+use crate::state::{Fingerprint, StateReader, StateWriter};
 use crate::validate::{check_finite, check_out_shape, f32_device_chunk, needs_gpu};
 use design::C64;
+
+/// Operator tag of a saved filter state.
+const STATE_TAG: [u8; 4] = *b"BPF ";
 
 /// Most sections a filter may have (a band-pass up to order 32).
 pub const MAX_SECTIONS: usize = 32;
@@ -354,6 +358,112 @@ impl BandpassFilter {
             EngineState::Cpu(s) => **s = cpu::CpuState::default(),
             EngineState::Gpu(g) => g.reset(),
         }
+    }
+
+    /// The fingerprint a saved state must carry: the sections and the sample rate.
+    fn fingerprint(&self) -> u64 {
+        let fp = Fingerprint::new().u64(self.sos.len() as u64).f64(self.fs);
+        self.sos
+            .iter()
+            .flatten()
+            .fold(fp, |fp, &c| fp.f64(c))
+            .finish()
+    }
+
+    /// Saves the stream state (channel count and every section's state of every channel)
+    /// in the format of [`crate::state`], for [`BandpassFilter::restore_state`] on a filter
+    /// of the same sections and sample rate, on either engine.
+    ///
+    /// Each state value is written as an unevaluated pair `hi + lo`: the GPU engine's
+    /// double-single pairs as they are, the CPU engine's `f64` with `lo = −0`. A state
+    /// restored on the engine that saved it resumes bit for bit; on the other engine the CPU
+    /// takes `hi + lo` in `f64` and the GPU rounds `z` to a pair, so the resumed output
+    /// stays within the bound of the [module docs](self) (1e-6 of the RMS).
+    ///
+    /// # Errors
+    /// GPU errors of the read-back (device lost).
+    pub fn save_state(&self) -> Result<Vec<u8>> {
+        let mut w = StateWriter::new(STATE_TAG, self.fingerprint());
+        match self.n_channels {
+            None => w.u64(0),
+            Some(nc) => {
+                w.u64(nc as u64);
+                match &self.engine {
+                    EngineState::Cpu(st) if st.channels() == nc => w.f64s(st.pairs().into_iter()),
+                    EngineState::Cpu(_) => {
+                        w.f64s(std::iter::repeat_n(0.0, 4 * nc * self.sos.len()))
+                    }
+                    EngineState::Gpu(g) => w.f64s(g.read_state(nc)?.into_iter().map(f64::from)),
+                }
+            }
+        }
+        Ok(w.finish())
+    }
+
+    /// Restores a state saved by [`BandpassFilter::save_state`] (on either engine): the
+    /// stream continues from where it was saved, its channel count included.
+    ///
+    /// # Errors
+    /// [`Error::State`] for bytes that are not a valid filter state of these sections and
+    /// sample rate (truncated, corrupted, other settings, a non-finite value), with the
+    /// filter unchanged; [`Error::Shape`] when the GPU adapter cannot hold that many
+    /// channels, also with the filter unchanged. A GPU failure while uploading (out of
+    /// memory, device lost) leaves the filter reset.
+    pub fn restore_state(&mut self, bytes: &[u8]) -> Result<()> {
+        let ns = self.sos.len();
+        let mut r = StateReader::open(bytes, STATE_TAG, self.fingerprint())?;
+        let nc = r.count("channel count", u32::MAX as u64)?;
+        let pairs = match nc {
+            0 => Vec::new(),
+            _ => {
+                let len = nc
+                    .checked_mul(4 * ns)
+                    .ok_or_else(|| Error::State(format!("{nc} channels overflow")))?;
+                r.f64s("filter state", len)?
+            }
+        };
+        r.finish()?;
+        if let Some(i) = pairs.iter().position(|v| !v.is_finite()) {
+            return Err(Error::State(format!(
+                "non-finite filter state value {} at {i}",
+                pairs[i]
+            )));
+        }
+        if nc == 0 {
+            self.reset();
+            return Ok(());
+        }
+        match &mut self.engine {
+            EngineState::Cpu(st) => st.set_pairs(ns, nc, &pairs),
+            EngineState::Gpu(g) => {
+                let mut ds = Vec::with_capacity(pairs.len());
+                for p in pairs.chunks_exact(2) {
+                    let hi = p[0] as f32;
+                    // Exact when the pair came from the GPU (`hi` an `f32`); else the
+                    // rounding error of `hi`, plus `lo`.
+                    let lo = if hi as f64 == p[0] {
+                        p[1] as f32
+                    } else {
+                        ((p[0] - hi as f64) + p[1]) as f32
+                    };
+                    if !(hi.is_finite() && lo.is_finite()) {
+                        return Err(Error::State(format!(
+                            "filter state value {} does not fit the GPU's f32 pairs",
+                            p[0] + p[1]
+                        )));
+                    }
+                    ds.extend([hi, lo]);
+                }
+                if let Err(e) = g.write_state(nc, &ds) {
+                    if !matches!(e, Error::Shape { .. }) {
+                        self.reset();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        self.n_channels = Some(nc);
+        Ok(())
     }
 
     /// Caps the rows one GPU dispatch walks, to exercise the splitting of long chunks on

@@ -1,0 +1,306 @@
+//! The binary format of an operator's saved stream state (resume after a crash).
+//!
+//! # Layout
+//! Little-endian throughout:
+//!
+//! ```text
+//! offset  size  field
+//! 0       4     magic  b"NKST"
+//! 4       2     format version (currently 1)
+//! 6       4     operator tag (four ASCII bytes, e.g. b"BPF " for the band-pass filter)
+//! 10      8     fingerprint: FNV-1a 64 of the operator's shape and settings
+//! 18      …     fields (u64 / f64 scalars; arrays as a u64 length then the elements)
+//! end−8   8     FNV-1a 64 checksum of every byte before it
+//! ```
+//!
+//! A state restores only into an operator of the same tag and fingerprint (the same settings:
+//! a filter of other sections or sample rate, say, rejects it). The reader never panics and
+//! never allocates more than the input's size: every read is bounds-checked and an array's
+//! length is checked against the bytes that remain before anything is allocated. Any defect
+//! (short, wrong magic or version, bad checksum, other tag or fingerprint, a length that
+//! overruns, bytes left over) is [`Error::State`].
+
+use crate::error::{Error, Result};
+
+/// The first four bytes of every saved state.
+pub const MAGIC: [u8; 4] = *b"NKST";
+
+/// The format version this build writes and reads.
+pub const VERSION: u16 = 1;
+
+/// Bytes before the fields: magic, version, tag, fingerprint.
+const HEADER: usize = 4 + 2 + 4 + 8;
+
+/// Bytes of the trailing checksum.
+const CHECKSUM: usize = 8;
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// FNV-1a 64 of `bytes`.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(FNV_OFFSET, |h, &b| (h ^ b as u64).wrapping_mul(FNV_PRIME))
+}
+
+/// Builds an operator's fingerprint from its shape and settings (FNV-1a 64 of their bytes).
+#[derive(Debug, Clone)]
+pub(crate) struct Fingerprint(u64);
+
+impl Fingerprint {
+    /// An empty fingerprint.
+    pub(crate) fn new() -> Self {
+        Fingerprint(FNV_OFFSET)
+    }
+
+    fn bytes(mut self, bytes: &[u8]) -> Self {
+        for &b in bytes {
+            self.0 = (self.0 ^ b as u64).wrapping_mul(FNV_PRIME);
+        }
+        self
+    }
+
+    /// Adds an integer.
+    pub(crate) fn u64(self, v: u64) -> Self {
+        self.bytes(&v.to_le_bytes())
+    }
+
+    /// Adds a float, by its bits.
+    pub(crate) fn f64(self, v: f64) -> Self {
+        self.bytes(&v.to_bits().to_le_bytes())
+    }
+
+    /// The fingerprint.
+    pub(crate) fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Writes one saved state: header, fields, checksum.
+#[derive(Debug)]
+pub(crate) struct StateWriter {
+    buf: Vec<u8>,
+}
+
+impl StateWriter {
+    /// A state of operator `tag` with settings `fingerprint`.
+    pub(crate) fn new(tag: [u8; 4], fingerprint: u64) -> Self {
+        let mut buf = Vec::with_capacity(64);
+        buf.extend_from_slice(&MAGIC);
+        buf.extend_from_slice(&VERSION.to_le_bytes());
+        buf.extend_from_slice(&tag);
+        buf.extend_from_slice(&fingerprint.to_le_bytes());
+        StateWriter { buf }
+    }
+
+    /// Appends an integer.
+    pub(crate) fn u64(&mut self, v: u64) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+
+    /// Appends a float (its bits: NaN payloads and signed zeros survive).
+    pub(crate) fn f64(&mut self, v: f64) {
+        self.u64(v.to_bits());
+    }
+
+    /// Appends an array of floats: its length, then the elements.
+    pub(crate) fn f64s(&mut self, v: impl ExactSizeIterator<Item = f64>) {
+        self.u64(v.len() as u64);
+        self.buf.reserve(v.len() * 8);
+        for x in v {
+            self.f64(x);
+        }
+    }
+
+    /// The finished state, checksum appended.
+    pub(crate) fn finish(mut self) -> Vec<u8> {
+        let sum = fnv1a64(&self.buf);
+        self.buf.extend_from_slice(&sum.to_le_bytes());
+        self.buf
+    }
+}
+
+/// Reads one saved state, checking it field by field.
+#[derive(Debug)]
+pub(crate) struct StateReader<'a> {
+    /// The fields (header and checksum stripped).
+    rest: &'a [u8],
+}
+
+fn bad(reason: impl Into<String>) -> Error {
+    Error::State(reason.into())
+}
+
+impl<'a> StateReader<'a> {
+    /// Checks the header and the checksum of `bytes` against operator `tag` and settings
+    /// `fingerprint`, and positions the reader on the first field.
+    ///
+    /// # Errors
+    /// [`Error::State`]: too short, other magic or version, bad checksum, other tag or
+    /// fingerprint.
+    pub(crate) fn open(bytes: &'a [u8], tag: [u8; 4], fingerprint: u64) -> Result<Self> {
+        if bytes.len() < HEADER + CHECKSUM {
+            return Err(bad(format!(
+                "{} bytes is shorter than the {} of an empty state",
+                bytes.len(),
+                HEADER + CHECKSUM
+            )));
+        }
+        if bytes[..4] != MAGIC {
+            return Err(bad("not a saved state (wrong magic bytes)"));
+        }
+        let version = u16::from_le_bytes([bytes[4], bytes[5]]);
+        if version != VERSION {
+            return Err(bad(format!(
+                "format version {version}, this build reads {VERSION}"
+            )));
+        }
+        let (body, sum) = bytes.split_at(bytes.len() - CHECKSUM);
+        let mut s = [0u8; 8];
+        s.copy_from_slice(sum);
+        if fnv1a64(body) != u64::from_le_bytes(s) {
+            return Err(bad("checksum mismatch (corrupted or truncated)"));
+        }
+        let got_tag = &body[6..10];
+        if got_tag != tag {
+            return Err(bad(format!(
+                "state of operator {:?}, expected {:?}",
+                String::from_utf8_lossy(got_tag),
+                String::from_utf8_lossy(&tag)
+            )));
+        }
+        let mut r = StateReader { rest: &body[10..] };
+        let got = r.u64()?;
+        if got != fingerprint {
+            return Err(bad(
+                "state of an operator with other settings or shape (fingerprint mismatch)",
+            ));
+        }
+        Ok(r)
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if n > self.rest.len() {
+            return Err(bad(format!(
+                "field of {n} bytes overruns the {} that remain",
+                self.rest.len()
+            )));
+        }
+        let (head, tail) = self.rest.split_at(n);
+        self.rest = tail;
+        Ok(head)
+    }
+
+    /// Reads an integer.
+    pub(crate) fn u64(&mut self) -> Result<u64> {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// Reads an integer that must fit a `usize` and be at most `max`.
+    pub(crate) fn count(&mut self, what: &str, max: u64) -> Result<usize> {
+        let v = self.u64()?;
+        if v > max {
+            return Err(bad(format!("{what} {v} is above {max}")));
+        }
+        usize::try_from(v).map_err(|_| bad(format!("{what} {v} does not fit this machine")))
+    }
+
+    /// Reads an array of floats of exactly `len` elements.
+    pub(crate) fn f64s(&mut self, what: &str, len: usize) -> Result<Vec<f64>> {
+        let got = self.u64()?;
+        if got != len as u64 {
+            return Err(bad(format!("{what}: {got} values, expected {len}")));
+        }
+        let raw = self.take(
+            len.checked_mul(8)
+                .ok_or_else(|| bad(format!("{what}: length {len} overflows")))?,
+        )?;
+        Ok(raw
+            .chunks_exact(8)
+            .map(|c| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(c);
+                f64::from_bits(u64::from_le_bytes(b))
+            })
+            .collect())
+    }
+
+    /// Checks that every field was read.
+    pub(crate) fn finish(self) -> Result<()> {
+        if self.rest.is_empty() {
+            Ok(())
+        } else {
+            Err(bad(format!(
+                "{} unread bytes after the fields",
+                self.rest.len()
+            )))
+        }
+    }
+}
+
+/// A fuzz entry: restores arbitrary `bytes` into a fresh operator of each kind that saves its
+/// state (now the band-pass filter, default settings at 20 kHz, on the CPU engine). Returns
+/// `Ok` or [`Error::State`]; it never panics, whatever the bytes.
+pub fn fuzz_restore(bytes: &[u8]) -> Result<()> {
+    let engine = crate::engine::Engine::cpu();
+    let mut filter =
+        crate::filter::BandpassFilter::new(&engine, crate::filter::FilterSettings::default(), 2e4)?;
+    filter.restore_state(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TAG: [u8; 4] = *b"TEST";
+
+    fn sample() -> Vec<u8> {
+        let mut w = StateWriter::new(TAG, 42);
+        w.u64(3);
+        w.f64s([1.0, -0.0, 2.5].into_iter());
+        w.finish()
+    }
+
+    #[test]
+    fn round_trip() {
+        let b = sample();
+        let mut r = StateReader::open(&b, TAG, 42).unwrap();
+        assert_eq!(r.count("n", 10).unwrap(), 3);
+        let v = r.f64s("v", 3).unwrap();
+        assert_eq!(v[1].to_bits(), (-0.0f64).to_bits());
+        r.finish().unwrap();
+    }
+
+    #[test]
+    fn fnv_known_value() {
+        // The published FNV-1a 64 of "a".
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn every_truncation_and_bit_flip_is_rejected() {
+        let b = sample();
+        for n in 0..b.len() {
+            assert!(StateReader::open(&b[..n], TAG, 42).is_err(), "prefix {n}");
+        }
+        for i in 0..b.len() * 8 {
+            let mut c = b.clone();
+            c[i / 8] ^= 1 << (i % 8);
+            assert!(StateReader::open(&c, TAG, 42).is_err(), "bit {i}");
+        }
+        assert!(StateReader::open(&b, *b"OTHR", 42).is_err());
+        assert!(StateReader::open(&b, TAG, 43).is_err());
+    }
+
+    #[test]
+    fn huge_lengths_do_not_allocate() {
+        let mut w = StateWriter::new(TAG, 1);
+        w.u64(u64::MAX);
+        let b = w.finish();
+        let mut r = StateReader::open(&b, TAG, 1).unwrap();
+        assert!(r.f64s("v", usize::MAX / 4).is_err());
+    }
+}
