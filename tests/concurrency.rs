@@ -1,6 +1,6 @@
 //! Threads: which public types may cross or be shared between threads (checked at compile
-//! time), and two streams running at the same time on one shared GPU context give exactly
-//! what they give one after the other.
+//! time); two streams running at the same time on one shared GPU context, and two streams each
+//! on its own engine in its own thread, give exactly what they give one after the other.
 
 mod support;
 
@@ -146,4 +146,25 @@ fn two_streams_on_one_device_equal_running_them_in_turn() {
     });
     assert_eq!(together_a, alone_a);
     assert_eq!(together_b, alone_b);
+}
+
+/// Two threads, each with its own GPU engine (its own context and device), at the same time:
+/// each gets bit for bit what the stream gets alone on the shared context.
+#[test]
+fn one_engine_per_thread_equals_running_in_turn() {
+    let shared = Engine::Gpu(ctx());
+    let (n, c) = (12_000, 8);
+    let xa = recording(3, n, c);
+    let xb = recording(4, n, c + 3);
+    let alone_a = stream(&shared, xa.view(), 900, None);
+    let alone_b = stream(&shared, xb.view(), 650, None);
+    assert!(!alone_a.0.is_empty() && !alone_b.0.is_empty(), "no events");
+    let start = Barrier::new(2);
+    let (own_a, own_b) = thread::scope(|s| {
+        let a = s.spawn(|| stream(&support::gpu_per_thread(), xa.view(), 900, Some(&start)));
+        let b = s.spawn(|| stream(&support::gpu_per_thread(), xb.view(), 650, Some(&start)));
+        (a.join().expect("thread a"), b.join().expect("thread b"))
+    });
+    assert_eq!(own_a, alone_a);
+    assert_eq!(own_b, alone_b);
 }
