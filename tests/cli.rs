@@ -466,3 +466,43 @@ fn simulate_runs_and_writes_its_arrays() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("channels"));
 }
+
+/// Degenerate recordings through the command line: an all-zero raw recording and one shorter
+/// than the fit window both process to completion with no events (every channel reported
+/// dead), on the CPU engine.
+#[test]
+fn degenerate_recordings_process_to_completion_with_no_events() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let raw_args = |p: &Path| {
+        let mut v = vec![p.display().to_string()];
+        v.extend(
+            ["--dtype", "int16", "--channels", "10", "--fs", "30000"]
+                .iter()
+                .map(|s| s.to_string()),
+        );
+        v
+    };
+    // 2 s of zeros; then 0.2 s of zeros against a 1 s fit window.
+    for (name, samples) in [("zeros.raw", 60_000usize), ("short.raw", 6_000)] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, vec![0u8; samples * NC * 2]).expect("write");
+        let out = dir.path().join(format!("{name}.out"));
+        let o = bin()
+            .arg("process")
+            .args(raw_args(&path))
+            .args(["--backend", "cpu", "--quiet", "--fit-seconds", "1", "--out"])
+            .arg(&out)
+            .output()
+            .expect("run");
+        assert!(
+            o.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let events: Array2<u64> = read_npy(out.join("events.npy")).expect("events.npy");
+        let bins: Array2<f32> = read_npy(out.join("bins.npy")).expect("bins.npy");
+        assert_eq!(events.nrows(), 0, "{name}");
+        assert_eq!(bins.nrows(), samples / 600, "{name}");
+        assert!(bins.iter().all(|&v| v == 0.0), "{name}");
+    }
+}
