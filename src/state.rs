@@ -242,13 +242,21 @@ impl<'a> StateReader<'a> {
 }
 
 /// A fuzz entry: restores arbitrary `bytes` into a fresh operator of each kind that saves its
-/// state (now the band-pass filter, default settings at 20 kHz, on the CPU engine). Returns
-/// `Ok` or [`Error::State`]; it never panics, whatever the bytes.
+/// state (the band-pass filter, default settings at 20 kHz, and threshold crossing, default
+/// settings at 20 kHz, on the CPU engine). Returns `Ok` when one of them takes the bytes, else
+/// the last [`Error::State`]; it never panics, whatever the bytes.
 pub fn fuzz_restore(bytes: &[u8]) -> Result<()> {
     let engine = crate::engine::Engine::cpu();
     let mut filter =
         crate::filter::BandpassFilter::new(&engine, crate::filter::FilterSettings::default(), 2e4)?;
-    filter.restore_state(bytes)
+    let mut threshold = crate::threshold::ThresholdCrossing::new(
+        &engine,
+        crate::threshold::ThresholdSettings::default(),
+        2e4,
+    )?;
+    let f = filter.restore_state(bytes);
+    let t = threshold.restore_state(bytes);
+    f.or(t)
 }
 
 #[cfg(test)]

@@ -10,7 +10,9 @@ mod support;
 use support::{engines, rng};
 
 use ndarray::{s, Array2};
-use neurokernels::{BandpassFilter, Engine, Error, FilterSettings};
+use neurokernels::{
+    BandpassFilter, Engine, Error, Event, FilterSettings, ThresholdCrossing, ThresholdSettings,
+};
 use rand::Rng;
 
 /// The filter's documented bound on both engines: 1e-6 of the signal's RMS.
@@ -69,6 +71,34 @@ fn filter_resume_matches_uninterrupted_stream() {
     }
 }
 
+/// Truncations, 200 single bit flips and 200 random byte strings of the valid state `st`
+/// are all refused by `restore` (prefixes with [`Error::State`]).
+fn assert_refuses_corrupt(
+    name: &str,
+    st: &[u8],
+    seed: u64,
+    mut restore: impl FnMut(&[u8]) -> Result<(), Error>,
+) {
+    let mut r = rng(seed);
+    for cut in [0, 1, 4, st.len() / 2, st.len() - 1] {
+        assert!(
+            matches!(restore(&st[..cut]), Err(Error::State(_))),
+            "{name} {cut}"
+        );
+    }
+    for _ in 0..200 {
+        let mut bad = st.to_vec();
+        let i = r.random_range(0..bad.len());
+        bad[i] ^= 1 << r.random_range(0..8);
+        assert!(restore(&bad).is_err(), "{name}: flipped byte {i} accepted");
+    }
+    for _ in 0..200 {
+        let len = r.random_range(0..256);
+        let junk: Vec<u8> = (0..len).map(|_| r.random()).collect();
+        assert!(restore(&junk).is_err(), "{name}: random bytes accepted");
+    }
+}
+
 #[test]
 fn filter_refuses_other_settings_and_corrupt_bytes_state_unchanged() {
     let x = signal(800, 3, 2);
@@ -84,30 +114,7 @@ fn filter_refuses_other_settings_and_corrupt_bytes_state_unchanged() {
         let mut g = filter(&e);
         g.restore_state(&st).expect("restore");
         let before = g.save_state().expect("save");
-        let mut r = rng(3);
-        for cut in [0, 1, 4, st.len() / 2, st.len() - 1] {
-            assert!(
-                matches!(g.restore_state(&st[..cut]), Err(Error::State(_))),
-                "{name} {cut}"
-            );
-        }
-        for _ in 0..200 {
-            let mut bad = st.clone();
-            let i = r.random_range(0..bad.len());
-            bad[i] ^= 1 << r.random_range(0..8);
-            assert!(
-                g.restore_state(&bad).is_err(),
-                "{name}: flipped byte {i} accepted"
-            );
-        }
-        for _ in 0..200 {
-            let len = r.random_range(0..256);
-            let junk: Vec<u8> = (0..len).map(|_| r.random()).collect();
-            assert!(
-                g.restore_state(&junk).is_err(),
-                "{name}: random bytes accepted"
-            );
-        }
+        assert_refuses_corrupt(name, &st, 3, |b| g.restore_state(b));
         assert_eq!(
             g.save_state().expect("save"),
             before,
@@ -154,13 +161,21 @@ fn filter_resumes_on_a_new_engine_after_the_device_is_destroyed() {
 fn fuzz_entry_never_panics() {
     let x = signal(300, 1, 5);
     let mut f = filter(&Engine::cpu());
-    let (_, st) = run_split(&mut f, &x, 100);
-    assert!(neurokernels::state::fuzz_restore(&st).is_ok());
+    let (_, filter_state) = run_split(&mut f, &x, 100);
+    let y = spiky(300, 3, 10, &[150]);
+    let (_, _, threshold_state) = detect_split(
+        &mut detector(&Engine::cpu(), ThresholdSettings::default()),
+        &y,
+        150,
+    );
     let mut r = rng(6);
-    for cut in 0..st.len() {
-        assert!(neurokernels::state::fuzz_restore(&st[..cut]).is_err());
+    for st in [&filter_state, &threshold_state] {
+        assert!(neurokernels::state::fuzz_restore(st).is_ok());
+        for cut in 0..st.len() {
+            assert!(neurokernels::state::fuzz_restore(&st[..cut]).is_err());
+        }
     }
-    for _ in 0..2000 {
+    for st in [filter_state, threshold_state].iter().cycle().take(2000) {
         let mut bad = st.clone();
         let i = r.random_range(0..bad.len());
         bad[i] = r.random();
@@ -168,5 +183,143 @@ fn fuzz_entry_never_panics() {
         let len = r.random_range(0..64);
         let junk: Vec<u8> = (0..len).map(|_| r.random()).collect();
         assert!(neurokernels::state::fuzz_restore(&junk).is_err());
+    }
+}
+
+/// Noise of unit scale with negative spikes (−8, 5 samples long) every ~97 samples per
+/// channel, and one spike on every channel straddling each of `open_at` (so a peak window is
+/// open when the stream is saved there).
+fn spiky(n: usize, nc: usize, seed: u64, open_at: &[usize]) -> Array2<f32> {
+    let mut x = signal(n, nc, seed);
+    let mut r = rng(seed + 100);
+    for c in 0..nc {
+        let mut t = r.random_range(10..90);
+        let mut starts: Vec<usize> = open_at.iter().map(|&a| a - 2).collect();
+        while t + 5 < n {
+            starts.push(t);
+            t += r.random_range(60..140);
+        }
+        for t0 in starts {
+            for v in x.slice_mut(s![t0..(t0 + 5).min(n), c]) {
+                *v = -8.0 + 0.5 * *v;
+            }
+        }
+    }
+    x
+}
+
+/// Peak mode with every option, a refractory period and a stream not starting at 0; and
+/// the same with auto-scaling (τ·fs = 300).
+fn threshold_settings() -> [ThresholdSettings; 2] {
+    let peak = ThresholdSettings {
+        threshold: -3.5,
+        refrac_dur: 0.002,
+        max_peak_dur: 0.001,
+        min_peak_dur: 0.0001,
+        align_on_peak: true,
+        return_peak_val: true,
+        first_sample: 5_000,
+        ..Default::default()
+    };
+    let auto = ThresholdSettings {
+        auto_scale_tau: 0.015,
+        ..peak
+    };
+    [peak, auto]
+}
+
+fn detector(engine: &Engine, settings: ThresholdSettings) -> ThresholdCrossing {
+    match ThresholdCrossing::new(engine, settings, 20_000.0) {
+        Ok(t) => t,
+        Err(e) => panic!("threshold crossing: {e}"),
+    }
+}
+
+/// The events of `x` in two chunks split at `at` (those emitted by each), and the state
+/// saved between them.
+fn detect_split(
+    t: &mut ThresholdCrossing,
+    x: &Array2<f32>,
+    at: usize,
+) -> (Vec<Event>, Vec<Event>, Vec<u8>) {
+    let a = t.process(x.slice(s![..at, ..])).expect("first half");
+    let saved = t.save_state().expect("save");
+    let b = t.process(x.slice(s![at.., ..])).expect("second half");
+    (a, b, saved)
+}
+
+/// Saved in the middle of a stream (with peak windows open at the save point), restored into
+/// a new operator on either engine: the second chunk gives exactly the uninterrupted
+/// stream's events (auto-scaling too: on this zero-mean data no z-score lies near the
+/// threshold). Without auto-scaling both engines save the same bytes.
+#[test]
+fn threshold_resume_matches_uninterrupted_stream() {
+    let splits = [700, 1234, 2001];
+    let x = spiky(3000, 70, 7, &splits);
+    for settings in threshold_settings() {
+        for at in splits {
+            let runs: Vec<_> = engines()
+                .into_iter()
+                .map(|(name, e)| {
+                    let run = detect_split(&mut detector(&e, settings), &x, at);
+                    (name, e, run)
+                })
+                .collect();
+            if settings.auto_scale_tau == 0.0 {
+                assert_eq!(
+                    runs[0].2 .2, runs[1].2 .2,
+                    "engines save other bytes at {at}"
+                );
+            }
+            for (from_name, _, (_, _, st)) in &runs {
+                for (to_name, to_engine, (a, b, _)) in &runs {
+                    assert!(!a.is_empty() && !b.is_empty());
+                    let mut t = detector(to_engine, settings);
+                    t.restore_state(st).expect("restore");
+                    assert_eq!(t.position(), settings.first_sample + at as u64);
+                    let tail = t.process(x.slice(s![at.., ..])).expect("resumed");
+                    // The held peaks straddling the split are emitted by the second chunk.
+                    let split = settings.first_sample + at as u64;
+                    assert!(b.iter().any(|e| e.sample < split), "no open event at {at}");
+                    assert_eq!(&tail, b, "{from_name} -> {to_name} at {at}: {settings:?}");
+                }
+            }
+        }
+    }
+}
+
+/// A state of other settings (threshold, or a threshold vector) is refused; truncated,
+/// bit-flipped and random bytes are refused; the operator's state is unchanged throughout.
+#[test]
+fn threshold_refuses_other_settings_and_corrupt_bytes_state_unchanged() {
+    let x = spiky(800, 5, 8, &[400]);
+    let [settings, _] = threshold_settings();
+    for (name, e) in engines() {
+        let (_, _, st) = detect_split(&mut detector(&e, settings), &x, 400);
+        let other = ThresholdSettings {
+            threshold: -3.0,
+            ..settings
+        };
+        assert!(
+            matches!(detector(&e, other).restore_state(&st), Err(Error::State(_))),
+            "{name}"
+        );
+        let mut vector = ThresholdCrossing::with_thresholds(&e, settings, 20_000.0, vec![-3.5; 5])
+            .expect("vector");
+        assert!(
+            matches!(vector.restore_state(&st), Err(Error::State(_))),
+            "{name}"
+        );
+        let mut t = detector(&e, settings);
+        t.restore_state(&st).expect("restore");
+        let before = t.save_state().expect("save");
+        assert_eq!(before, st, "{name}: restore then save changes the bytes");
+        assert_refuses_corrupt(name, &st, 9, |b| t.restore_state(b));
+        assert_eq!(
+            t.save_state().expect("save"),
+            before,
+            "{name}: state changed"
+        );
+        assert_eq!(t.position(), settings.first_sample + 400);
     }
 }

@@ -24,7 +24,7 @@ use std::borrow::Cow;
 
 use ndarray::ArrayView2;
 
-use super::{comparison_value, Params};
+use super::{comparison_value, ChannelState, Params};
 use crate::events::Event;
 
 /// Exponent bits of an `f32`: all set for ±inf and NaN.
@@ -128,6 +128,65 @@ impl CpuState {
             (_, true) => Dir::Down,
             _ => Dir::Mixed,
         };
+    }
+
+    /// Channel count the state was built for (0: not yet).
+    pub(crate) fn channels(&self) -> usize {
+        self.nc
+    }
+
+    /// Every channel's state in the common form.
+    pub(crate) fn channel_states(&self) -> Vec<ChannelState> {
+        (0..self.nc)
+            .map(|c| {
+                let (k, bit) = (c / 64, 1u64 << (c % 64));
+                let open = self.open_bits[k] & bit != 0;
+                let o = &self.open[c];
+                ChannelState {
+                    prev_over: self.prev[k] & bit != 0,
+                    open,
+                    run: o.run,
+                    peak_off: o.peak - o.cross,
+                    peak_val: o.peak_val,
+                    last: self.last[c],
+                    mean: self.mean[c],
+                    var: self.var[c],
+                }
+                .normalized()
+            })
+            .collect()
+    }
+
+    /// Rebuilds the state for thresholds `thr` (one per channel) from `channels` (checked by
+    /// the caller), the next sample being `pos`; `started` when the stream has had a sample.
+    pub(crate) fn set_channel_states(
+        &mut self,
+        thr: &[f64],
+        pos: u64,
+        started: bool,
+        channels: &[ChannelState],
+    ) {
+        self.build(channels.len(), thr);
+        self.started = started;
+        for (c, ch) in channels.iter().enumerate() {
+            let (k, bit) = (c / 64, 1u64 << (c % 64));
+            if ch.prev_over {
+                self.prev[k] |= bit;
+            }
+            if ch.open {
+                self.open_bits[k] |= bit;
+                let cross = pos - ch.run;
+                self.open[c] = Open {
+                    cross,
+                    run: ch.run,
+                    peak: cross + ch.peak_off,
+                    peak_val: ch.peak_val,
+                };
+            }
+            self.last[c] = ch.last;
+            self.mean[c] = ch.mean;
+            self.var[c] = ch.var;
+        }
     }
 
     /// Starts the chunk's roll-back journal.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use bytemuck::{Pod, Zeroable};
 use ndarray::ArrayView2;
 
-use super::{comparison_value, Params};
+use super::{comparison_value, ChannelState, Params};
 use crate::error::{Error, Result};
 use crate::events::{DeviceEvents, Event};
 use crate::gpu::{
@@ -41,6 +41,12 @@ const LAYOUT: [Binding; 8] = [
 
 /// Bytes of one channel's `State` in the shader.
 const STATE_BYTES: u64 = 32;
+
+/// The shader's `State` flags and its "no event yet" `since`.
+const FLAG_STARTED: u32 = 1;
+const FLAG_PREV_OVER: u32 = 2;
+const FLAG_OPEN: u32 = 4;
+const SINCE_NEVER: u32 = u32::MAX;
 
 /// Bytes of one event slot (`vec2<u32>`).
 const SLOT_BYTES: u64 = 8;
@@ -175,6 +181,85 @@ impl GpuThreshold {
 
     pub(crate) fn reset(&mut self) {
         self.init_for = None;
+    }
+
+    /// Every channel's committed state in the common form, the next sample being `pos`
+    /// (the initial state when the buffers are not set up for `nc` channels).
+    pub(crate) fn read_state(&self, nc: usize, pos: u64) -> Result<Vec<ChannelState>> {
+        if self.init_for != Some(nc) {
+            return Ok(vec![ChannelState::default(); nc]);
+        }
+        let ctx = &self.ctx;
+        let bytes = ctx.scoped(|| {
+            ctx.submit_and_read(
+                ctx.encoder(),
+                &[(&self.states[self.committed], 0, nc as u64 * STATE_BYTES)],
+            )
+        })?;
+        let raw: Vec<InitState> = bytemuck::pod_collect_to_vec(&bytes);
+        Ok(raw
+            .iter()
+            .map(|st| ChannelState {
+                prev_over: st.flags & FLAG_PREV_OVER != 0,
+                open: st.flags & FLAG_OPEN != 0,
+                run: st.run as u64,
+                peak_off: st.peak_off as u64,
+                peak_val: st.peak_val,
+                last: match st.since {
+                    SINCE_NEVER => None,
+                    since => pos.checked_sub(1 + since as u64),
+                },
+                mean: st.mean as f64,
+                var: st.variance as f64,
+            })
+            .collect())
+    }
+
+    /// Makes `channels` (checked by the caller) the committed state, with thresholds `thr`,
+    /// the next sample being `pos`; `started` when the stream has had a sample.
+    ///
+    /// # Errors
+    /// [`Error::State`] for statistics beyond `f32` and [`Error::Shape`] for more channels
+    /// than the adapter holds, both before any change; GPU errors of the upload.
+    pub(crate) fn write_state(
+        &mut self,
+        thr: &[f64],
+        pos: u64,
+        started: bool,
+        channels: &[ChannelState],
+    ) -> Result<()> {
+        let mut raw = Vec::with_capacity(channels.len());
+        for (c, ch) in channels.iter().enumerate() {
+            let (mean, variance) = (ch.mean as f32, ch.var as f32);
+            if !(mean.is_finite() && variance.is_finite()) {
+                return Err(Error::State(format!(
+                    "running statistics of channel {c} do not fit the GPU's f32"
+                )));
+            }
+            let flags = if started { FLAG_STARTED } else { 0 }
+                | if ch.prev_over { FLAG_PREV_OVER } else { 0 }
+                | if ch.open { FLAG_OPEN } else { 0 };
+            raw.push(InitState {
+                flags,
+                since: ch.last.map_or(SINCE_NEVER, |l| {
+                    (pos - 1 - l).min(SINCE_NEVER as u64) as u32
+                }),
+                run: ch.run as u32,
+                peak_off: ch.peak_off as u32,
+                peak_val: ch.peak_val,
+                mean,
+                variance,
+                pad: 0,
+            });
+        }
+        self.init(channels.len(), thr)?;
+        write_padded(
+            &self.ctx,
+            &self.states[self.committed],
+            0,
+            bytemuck::cast_slice(&raw),
+        );
+        Ok(())
     }
 
     pub(crate) fn set_binding_limit(&mut self, bytes: Option<u64>) {

@@ -113,6 +113,7 @@ use crate::error::{Error, Result};
 use crate::events::{DeviceEvents, Event};
 use crate::exact::duration_samples;
 use crate::gpu::{DType, DeviceArray, StreamMark};
+use crate::state::{Fingerprint, StateReader, StateWriter};
 use crate::validate::{check_finite, f32_device_chunk, needs_gpu, non_finite_in_row};
 
 /// Settings of [`ThresholdCrossing`]. Defaults are ezmsg-event's `ThresholdSettings`:
@@ -206,6 +207,44 @@ impl Thresholds {
             Thresholds::Scalar(t) => Cow::Owned(vec![*t; n]),
             Thresholds::PerChannel(t) => Cow::Borrowed(t),
         }
+    }
+}
+
+/// Operator tag of a saved threshold-crossing state.
+const STATE_TAG: [u8; 4] = *b"THR ";
+
+/// Flag bits of one channel in a saved state.
+const SAVED_PREV_OVER: u64 = 1;
+const SAVED_OPEN: u64 = 2;
+const SAVED_HAS_LAST: u64 = 4;
+
+/// One channel's stream state in the engines' common form (saved states).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct ChannelState {
+    /// The previous sample was over threshold.
+    pub prev_over: bool,
+    /// An event is open (its peak window is still running).
+    pub open: bool,
+    /// Open event: over-threshold samples so far (its crossing is `position − run`).
+    pub run: u64,
+    /// Open event: peak sample − crossing sample.
+    pub peak_off: u64,
+    /// Open event: the raw peak value.
+    pub peak_val: f32,
+    /// Reported sample of the last accepted event.
+    pub last: Option<u64>,
+    /// Running mean and variance (auto-scaling; 0 otherwise).
+    pub mean: f64,
+    pub var: f64,
+}
+
+impl ChannelState {
+    /// The state with the fields of a closed event zeroed (both engines save this form).
+    pub(crate) fn normalized(mut self) -> Self {
+        if !self.open {
+            (self.run, self.peak_off, self.peak_val) = (0, 0, 0.0);
+        }
+        self
     }
 }
 
@@ -450,6 +489,178 @@ impl ThresholdCrossing {
             EngineState::Cpu(s) => **s = cpu::CpuState::default(),
             EngineState::Gpu(g) => g.reset(),
         }
+    }
+
+    /// The fingerprint a saved state must carry: the sample rate, every setting and the
+    /// thresholds.
+    fn fingerprint(&self) -> u64 {
+        let st = &self.settings;
+        let fp = Fingerprint::new()
+            .f64(self.fs)
+            .f64(st.refrac_dur)
+            .f64(st.max_peak_dur)
+            .f64(st.min_peak_dur)
+            .u64(st.align_on_peak as u64)
+            .u64(st.return_peak_val as u64)
+            .f64(st.auto_scale_tau)
+            .u64(st.first_sample);
+        match &self.thresholds {
+            Thresholds::Scalar(t) => fp.u64(0).f64(*t),
+            Thresholds::PerChannel(t) => t
+                .iter()
+                .fold(fp.u64(1).u64(t.len() as u64), |fp, &v| fp.f64(v)),
+        }
+        .finish()
+    }
+
+    /// Saves the stream state (channel count, position and, per channel, the previous
+    /// sample's side of the threshold, the open event, the last accepted event and the
+    /// running statistics) in the format of [`crate::state`], for
+    /// [`ThresholdCrossing::restore_state`] on an operator of the same settings, thresholds
+    /// and sample rate, on either engine.
+    ///
+    /// Without auto-scaling both engines save the same bytes for the same stream, and a state
+    /// restored on either engine resumes with exactly the uninterrupted stream's events. With
+    /// auto-scaling the GPU's `f32` statistics are saved widened to `f64` and the CPU's `f64`
+    /// are rounded to `f32` on the GPU: on the engine that saved it the stream resumes bit for
+    /// bit; on the other, within the bound of the [module docs](self) on auto-scaling.
+    ///
+    /// # Errors
+    /// GPU errors of the read-back (device lost).
+    pub fn save_state(&self) -> Result<Vec<u8>> {
+        let mut w = StateWriter::new(STATE_TAG, self.fingerprint());
+        let nc = self.n_channels.unwrap_or(0);
+        w.u64(nc as u64);
+        w.u64(self.pos);
+        if nc > 0 {
+            let channels = match &self.engine {
+                EngineState::Cpu(st) if st.channels() == nc => st.channel_states(),
+                EngineState::Cpu(_) => vec![ChannelState::default(); nc],
+                EngineState::Gpu(g) => g.read_state(nc, self.pos)?,
+            };
+            for ch in channels.iter().map(|c| c.normalized()) {
+                let flags = [
+                    (ch.prev_over, SAVED_PREV_OVER),
+                    (ch.open, SAVED_OPEN),
+                    (ch.last.is_some(), SAVED_HAS_LAST),
+                ]
+                .iter()
+                .filter(|(on, _)| *on)
+                .fold(0, |f, (_, bit)| f | bit);
+                w.u64(flags);
+                w.u64(ch.run);
+                w.u64(ch.peak_off);
+                w.u64(ch.peak_val.to_bits() as u64);
+                w.u64(ch.last.unwrap_or(0));
+                w.f64(ch.mean);
+                w.f64(ch.var);
+            }
+        }
+        Ok(w.finish())
+    }
+
+    /// Reads and checks the fields of a saved state: the channel count, the position and the
+    /// channels' states (empty for no channels).
+    fn read_state(&self, bytes: &[u8]) -> Result<(usize, u64, Vec<ChannelState>)> {
+        let bad = |what: String| Error::State(what);
+        let mut r = StateReader::open(bytes, STATE_TAG, self.fingerprint())?;
+        let nc = r.count("channel count", u32::MAX as u64)?;
+        let pos = r.u64()?;
+        let first = self.settings.first_sample;
+        if pos < first || (nc == 0 && pos != first) {
+            return Err(bad(format!(
+                "position {pos} with {nc} channels (stream starts at {first})"
+            )));
+        }
+        if let Thresholds::PerChannel(t) = &self.thresholds {
+            if nc != 0 && nc != t.len() {
+                return Err(bad(format!(
+                    "{nc} channels, the threshold vector has {}",
+                    t.len()
+                )));
+            }
+        }
+        let started = pos > first;
+        let p = &self.params;
+        // No preallocation by `nc`: every channel's fields are read (bounds-checked) first.
+        let mut channels = Vec::new();
+        for c in 0..nc {
+            let flags = r.u64()?;
+            let run = r.u64()?;
+            let peak_off = r.u64()?;
+            let peak_bits = r.u64()?;
+            let last = r.u64()?;
+            let mean = f64::from_bits(r.u64()?);
+            let var = f64::from_bits(r.u64()?);
+            let peak_val = u32::try_from(peak_bits)
+                .map(f32::from_bits)
+                .unwrap_or(f32::NAN);
+            let ch = ChannelState {
+                prev_over: flags & SAVED_PREV_OVER != 0,
+                open: flags & SAVED_OPEN != 0,
+                run,
+                peak_off,
+                peak_val,
+                last: (flags & SAVED_HAS_LAST != 0).then_some(last),
+                mean,
+                var,
+            };
+            let closed_zero = ch.open || (run == 0 && peak_off == 0 && peak_bits == 0);
+            let open_ok = !ch.open
+                || (p.peak_mode
+                    && ch.prev_over
+                    && run >= 1
+                    && run < p.max_width
+                    && run <= pos - first
+                    && peak_off < run
+                    && peak_val.is_finite());
+            let last_ok =
+                ch.last.is_none_or(|l| l >= first && l < pos) && (ch.last.is_some() || last == 0);
+            let stats_ok = mean.is_finite() && var.is_finite() && var >= 0.0;
+            let fresh_ok = started || (flags == 0 && mean == 0.0 && var == 0.0);
+            if flags > 7 || !(closed_zero && open_ok && last_ok && stats_ok && fresh_ok) {
+                return Err(bad(format!("inconsistent state of channel {c}")));
+            }
+            channels.push(ch);
+        }
+        r.finish()?;
+        Ok((nc, pos, channels))
+    }
+
+    /// Restores a state saved by [`ThresholdCrossing::save_state`] (on either engine): the
+    /// stream continues from where it was saved, its position and channel count included.
+    ///
+    /// # Errors
+    /// [`Error::State`] for bytes that are not a valid state of these settings, thresholds
+    /// and sample rate (truncated, corrupted, other settings, inconsistent fields), with the
+    /// operator unchanged; [`Error::Shape`] when the GPU adapter cannot hold that many
+    /// channels, also with the operator unchanged. A GPU failure while uploading (out of
+    /// memory, device lost) leaves the operator reset.
+    pub fn restore_state(&mut self, bytes: &[u8]) -> Result<()> {
+        let (nc, pos, channels) = self.read_state(bytes)?;
+        if nc == 0 {
+            self.reset();
+            return Ok(());
+        }
+        let thr = self.thresholds.for_channels(nc);
+        match &mut self.engine {
+            EngineState::Cpu(st) => {
+                st.set_channel_states(&thr, pos, pos > self.settings.first_sample, &channels)
+            }
+            EngineState::Gpu(g) => {
+                if let Err(e) =
+                    g.write_state(&thr, pos, pos > self.settings.first_sample, &channels)
+                {
+                    if !matches!(e, Error::Shape { .. }) {
+                        self.reset();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        self.pos = pos;
+        self.n_channels = Some(nc);
+        Ok(())
     }
 
     /// Caps the byte size the GPU engine puts in one binding, to exercise the splitting of
