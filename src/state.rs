@@ -94,6 +94,21 @@ impl StateWriter {
         StateWriter { buf }
     }
 
+    /// A state of operator `tag` with settings `fingerprint` whose first fields are the
+    /// stream's channel count (0 before the first chunk) and `pos`; returns the count too.
+    pub(crate) fn stream(
+        tag: [u8; 4],
+        fingerprint: u64,
+        n_channels: Option<usize>,
+        pos: u64,
+    ) -> (Self, usize) {
+        let mut w = StateWriter::new(tag, fingerprint);
+        let nc = n_channels.unwrap_or(0);
+        w.u64(nc as u64);
+        w.u64(pos);
+        (w, nc)
+    }
+
     /// Appends an integer.
     pub(crate) fn u64(&mut self, v: u64) {
         self.buf.extend_from_slice(&v.to_le_bytes());
@@ -242,8 +257,8 @@ impl<'a> StateReader<'a> {
 }
 
 /// A fuzz entry: restores arbitrary `bytes` into a fresh operator of each kind that saves its
-/// state (the band-pass filter, default settings at 20 kHz, and threshold crossing, default
-/// settings at 20 kHz, on the CPU engine). Returns `Ok` when one of them takes the bytes, else
+/// state (the band-pass filter, threshold crossing and binned activation, default settings
+/// at 20 kHz, on the CPU engine). Returns `Ok` when one of them takes the bytes, else
 /// the last [`Error::State`]; it never panics, whatever the bytes.
 pub fn fuzz_restore(bytes: &[u8]) -> Result<()> {
     let engine = crate::engine::Engine::cpu();
@@ -254,9 +269,15 @@ pub fn fuzz_restore(bytes: &[u8]) -> Result<()> {
         crate::threshold::ThresholdSettings::default(),
         2e4,
     )?;
+    let mut binning = crate::binning::BinnedActivation::new(
+        &engine,
+        crate::binning::BinningSettings::default(),
+        2e4,
+    )?;
     let f = filter.restore_state(bytes);
     let t = threshold.restore_state(bytes);
-    f.or(t)
+    let b = binning.restore_state(bytes);
+    f.or(t).or(b)
 }
 
 #[cfg(test)]

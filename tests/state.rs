@@ -11,7 +11,8 @@ use support::{engines, rng};
 
 use ndarray::{s, Array2};
 use neurokernels::{
-    BandpassFilter, Engine, Error, Event, FilterSettings, ThresholdCrossing, ThresholdSettings,
+    Aggregation, BandpassFilter, Binned, BinnedActivation, BinningSettings, Engine, Error, Event,
+    FilterSettings, Kernel, ThresholdCrossing, ThresholdSettings,
 };
 use rand::Rng;
 
@@ -71,14 +72,33 @@ fn filter_resume_matches_uninterrupted_stream() {
     }
 }
 
-/// Truncations, 200 single bit flips and 200 random byte strings of the valid state `st`
-/// are all refused by `restore` (prefixes with [`Error::State`]).
-fn assert_refuses_corrupt(
-    name: &str,
-    st: &[u8],
-    seed: u64,
-    mut restore: impl FnMut(&[u8]) -> Result<(), Error>,
-) {
+/// An operator that saves its stream state.
+trait Saves {
+    fn save(&self) -> Vec<u8>;
+    fn restore(&mut self, bytes: &[u8]) -> Result<(), Error>;
+}
+
+macro_rules! saves {
+    ($($t:ty),*) => {$(
+        impl Saves for $t {
+            fn save(&self) -> Vec<u8> {
+                self.save_state().expect("save")
+            }
+            fn restore(&mut self, bytes: &[u8]) -> Result<(), Error> {
+                self.restore_state(bytes)
+            }
+        }
+    )*};
+}
+saves!(BandpassFilter, ThresholdCrossing, BinnedActivation);
+
+/// Restores the valid state `st` into `op`; then truncations, 200 single bit flips and 200
+/// random byte strings of it are all refused (prefixes with [`Error::State`]) and leave
+/// `op`'s state as restored. Returns the state `op` saves after the restore.
+fn assert_refuses_corrupt(name: &str, op: &mut impl Saves, st: &[u8], seed: u64) -> Vec<u8> {
+    op.restore(st).expect("restore");
+    let before = op.save();
+    let mut restore = |b: &[u8]| op.restore(b);
     let mut r = rng(seed);
     for cut in [0, 1, 4, st.len() / 2, st.len() - 1] {
         assert!(
@@ -97,6 +117,8 @@ fn assert_refuses_corrupt(
         let junk: Vec<u8> = (0..len).map(|_| r.random()).collect();
         assert!(restore(&junk).is_err(), "{name}: random bytes accepted");
     }
+    assert_eq!(op.save(), before, "{name}: state changed");
+    before
 }
 
 #[test]
@@ -111,15 +133,7 @@ fn filter_refuses_other_settings_and_corrupt_bytes_state_unchanged() {
             matches!(other.restore_state(&st), Err(Error::State(_))),
             "{name}"
         );
-        let mut g = filter(&e);
-        g.restore_state(&st).expect("restore");
-        let before = g.save_state().expect("save");
-        assert_refuses_corrupt(name, &st, 3, |b| g.restore_state(b));
-        assert_eq!(
-            g.save_state().expect("save"),
-            before,
-            "{name}: state changed"
-        );
+        assert_refuses_corrupt(name, &mut filter(&e), &st, 3);
     }
 }
 
@@ -168,14 +182,21 @@ fn fuzz_entry_never_panics() {
         &y,
         150,
     );
+    let mut b = BinnedActivation::new(&Engine::cpu(), BinningSettings::default(), 20_000.0)
+        .expect("binning");
+    let (_, binning_state) = bin_split(&mut b, &raster(500, 2, 14), 250);
     let mut r = rng(6);
-    for st in [&filter_state, &threshold_state] {
+    for st in [&filter_state, &threshold_state, &binning_state] {
         assert!(neurokernels::state::fuzz_restore(st).is_ok());
         for cut in 0..st.len() {
             assert!(neurokernels::state::fuzz_restore(&st[..cut]).is_err());
         }
     }
-    for st in [filter_state, threshold_state].iter().cycle().take(2000) {
+    for st in [filter_state, threshold_state, binning_state]
+        .iter()
+        .cycle()
+        .take(2000)
+    {
         let mut bad = st.clone();
         let i = r.random_range(0..bad.len());
         bad[i] = r.random();
@@ -311,15 +332,166 @@ fn threshold_refuses_other_settings_and_corrupt_bytes_state_unchanged() {
             "{name}"
         );
         let mut t = detector(&e, settings);
-        t.restore_state(&st).expect("restore");
-        let before = t.save_state().expect("save");
-        assert_eq!(before, st, "{name}: restore then save changes the bytes");
-        assert_refuses_corrupt(name, &st, 9, |b| t.restore_state(b));
-        assert_eq!(
-            t.save_state().expect("save"),
-            before,
-            "{name}: state changed"
-        );
+        let restored = assert_refuses_corrupt(name, &mut t, &st, 9);
+        assert_eq!(restored, st, "{name}: restore then save changes the bytes");
         assert_eq!(t.position(), settings.first_sample + 400);
+    }
+}
+
+/// A sparse raster: about 1 sample in 40 nonzero, values in (0.5, 2).
+fn raster(n: usize, nc: usize, seed: u64) -> Array2<f32> {
+    let mut r = rng(seed);
+    Array2::from_shape_fn((n, nc), |_| {
+        if r.random_range(0..40) == 0 {
+            r.random_range(0.5f32..2.0)
+        } else {
+            0.0
+        }
+    })
+}
+
+/// Every kernel and aggregation, weighted and not, with bins of non-integer length in
+/// samples, a nonzero `t0` and `first_sample`.
+fn binning_settings() -> Vec<BinningSettings> {
+    let base = BinningSettings {
+        bin_duration: 0.0157,
+        t0: 1.5,
+        first_sample: 777,
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    for kernel in [
+        Kernel::Count,
+        Kernel::Exponential { tau: 0.02 },
+        Kernel::Alpha { tau: 0.01 },
+    ] {
+        for aggregation in [
+            Aggregation::Last,
+            Aggregation::Mean,
+            Aggregation::Sum,
+            Aggregation::Max,
+        ] {
+            for scale_by_value in [false, true] {
+                out.push(BinningSettings {
+                    kernel,
+                    aggregation,
+                    scale_by_value,
+                    rate_normalize: scale_by_value,
+                    ..base
+                });
+            }
+        }
+    }
+    out
+}
+
+fn binner(engine: &Engine, settings: BinningSettings) -> BinnedActivation {
+    match BinnedActivation::new(engine, settings, 30_000.0) {
+        Ok(b) => b,
+        Err(e) => panic!("binning: {e}"),
+    }
+}
+
+/// The bins of `x` (dense) in two chunks split at `at` (those emitted by the second), and
+/// the state saved between them.
+fn bin_split(b: &mut BinnedActivation, x: &Array2<f32>, at: usize) -> (Binned, Vec<u8>) {
+    b.process_dense(x.slice(s![..at, ..])).expect("first half");
+    let saved = b.save_state().expect("save");
+    let tail = b.process_dense(x.slice(s![at.., ..])).expect("second half");
+    (tail, saved)
+}
+
+/// Saved mid-bin in the middle of a stream, restored into a new operator: the bins of the
+/// rest of the stream are the uninterrupted stream's — bit for bit on the same engine; on the
+/// other engine with the same bin indices and timestamps, integer counts exact, and values
+/// within the module's bound (2·10⁻⁵ of the bin's largest value). Sparse events resume
+/// the same way.
+#[test]
+fn binning_resume_matches_uninterrupted_stream() {
+    let x = raster(4000, 6, 11);
+    for settings in binning_settings() {
+        for at in [1000, 2345] {
+            let runs: Vec<_> = engines()
+                .into_iter()
+                .map(|(name, e)| {
+                    let run = bin_split(&mut binner(&e, settings), &x, at);
+                    (name, e, run)
+                })
+                .collect();
+            for (from_name, from_engine, (_, st)) in &runs {
+                for (to_name, to_engine, (want, _)) in &runs {
+                    let what = format!("{from_name} -> {to_name} at {at}: {settings:?}");
+                    let mut b = binner(to_engine, settings);
+                    b.restore_state(st).expect("restore");
+                    assert_eq!(b.position(), settings.first_sample + at as u64);
+                    let got = b.process_dense(x.slice(s![at.., ..])).expect("resumed");
+                    assert!(want.values.nrows() > 3, "{what}");
+                    if from_engine.is_gpu() == to_engine.is_gpu()
+                        || (settings.kernel == Kernel::Count && !settings.scale_by_value)
+                    {
+                        assert_eq!(&got, want, "{what}");
+                        continue;
+                    }
+                    assert_eq!(got.first_bin, want.first_bin, "{what}");
+                    assert_eq!(got.timestamps, want.timestamps, "{what}");
+                    for (g, w) in got.values.rows().into_iter().zip(want.values.rows()) {
+                        let top = w.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                        for (a, b) in g.iter().zip(w.iter()) {
+                            assert!((a - b).abs() <= 2e-5 * top, "{what}: {a} vs {b}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Sparse events: the same stream as events, saved and restored on each engine.
+    let settings = BinningSettings {
+        kernel: Kernel::Exponential { tau: 0.02 },
+        aggregation: Aggregation::Sum,
+        ..BinningSettings::default()
+    };
+    let events: Vec<Event> = x
+        .indexed_iter()
+        .filter(|(_, v)| **v != 0.0)
+        .map(|((t, c), v)| Event {
+            sample: t as u64,
+            channel: c as u32,
+            value: *v,
+        })
+        .collect();
+    let at = 1500;
+    let (head, tail): (Vec<Event>, Vec<Event>) = events.iter().partition(|e| e.sample < at as u64);
+    for (name, e) in engines() {
+        let mut whole = binner(&e, settings);
+        whole.process_events(&head, at, 6).expect("head");
+        let saved = whole.save_state().expect("save");
+        let want = whole.process_events(&tail, 4000 - at, 6).expect("tail");
+        let mut b = binner(&e, settings);
+        b.restore_state(&saved).expect("restore");
+        let got = b.process_events(&tail, 4000 - at, 6).expect("resumed");
+        assert_eq!(got, want, "{name}: events");
+    }
+}
+
+/// A state of other settings is refused; truncated, bit-flipped and random bytes are
+/// refused; the operator's state is unchanged throughout.
+#[test]
+fn binning_refuses_other_settings_and_corrupt_bytes_state_unchanged() {
+    let x = raster(900, 4, 12);
+    let settings = binning_settings()[11];
+    for (name, e) in engines() {
+        let (_, st) = bin_split(&mut binner(&e, settings), &x, 500);
+        let other = BinningSettings {
+            bin_duration: 0.02,
+            ..settings
+        };
+        assert!(
+            matches!(binner(&e, other).restore_state(&st), Err(Error::State(_))),
+            "{name}"
+        );
+        let mut b = binner(&e, settings);
+        let restored = assert_refuses_corrupt(name, &mut b, &st, 13);
+        assert_eq!(restored, st, "{name}: restore then save changes the bytes");
+        assert_eq!(b.position(), settings.first_sample + 500);
     }
 }

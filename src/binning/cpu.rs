@@ -2,7 +2,7 @@
 
 use ndarray::{Array2, ArrayView2};
 
-use super::{Aggregation, Buckets, DenseSample, JumpTable, Params, Plan, Segment};
+use super::{Aggregation, Buckets, ChannelStates, DenseSample, JumpTable, Params, Plan, Segment};
 
 /// Per-channel streaming state.
 #[derive(Debug, Clone, Default)]
@@ -54,6 +54,29 @@ impl CpuState {
                 },
             };
         }
+    }
+
+    /// The stream state of `nc` channels in the common form (the initial state when none
+    /// was built yet).
+    pub(crate) fn channel_states(&self, nc: usize) -> ChannelStates {
+        if self.e.len() != nc {
+            return ChannelStates::fresh(nc);
+        }
+        ChannelStates {
+            e: self.e.clone(),
+            a: self.a.clone(),
+            psum: self.psum.clone(),
+            pmax: self.pmax.clone(),
+            cum: self.cum.clone(),
+            cum_n: self.cum_n.clone(),
+        }
+    }
+
+    /// Makes `st` (checked by the caller) the stream state.
+    pub(crate) fn set_channel_states(&mut self, st: ChannelStates) {
+        self.ensure(st.e.len());
+        (self.e, self.a, self.psum, self.pmax, self.cum, self.cum_n) =
+            (st.e, st.a, st.psum, st.pmax, st.cum, st.cum_n);
     }
 
     /// Copies the stream state into the scratch snapshot.

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use bytemuck::{Pod, Zeroable};
 use ndarray::{Array2, ArrayView2};
 
-use super::{Aggregation, Buckets, DenseSample, JumpTable, Params, Plan};
+use super::{Aggregation, Buckets, ChannelStates, DenseSample, JumpTable, Params, Plan};
 use crate::error::{Error, Result};
 use crate::events::DeviceEvents;
 use crate::gpu::{
@@ -289,6 +289,88 @@ impl GpuBinning {
             ctx.queue.write_buffer(&c, 0, bytemuck::cast_slice(&cum));
             self.initialized = true;
         }
+        Ok(())
+    }
+
+    /// The committed stream state of `nc` channels in the common form (the initial state
+    /// when the committed copy does not hold this stream's state).
+    pub(crate) fn read_state(&self, nc: usize) -> Result<ChannelStates> {
+        let (Some(s), Some(c)) = (self.state[self.cur].get(), self.cum[self.cur].get()) else {
+            return Ok(ChannelStates::fresh(nc));
+        };
+        if !self.initialized {
+            return Ok(ChannelStates::fresh(nc));
+        }
+        let ctx = &self.ctx;
+        let n = nc as u64;
+        let bytes =
+            ctx.scoped(|| ctx.submit_and_read(ctx.encoder(), &[(s, 0, 16 * n), (c, 0, 8 * n)]))?;
+        let (sb, cb) = bytes.split_at(16 * nc);
+        let st: Vec<[f32; 4]> = bytemuck::pod_collect_to_vec(sb);
+        let cum: Vec<[u32; 2]> = bytemuck::pod_collect_to_vec(cb);
+        let count = self.base.kind == 0;
+        let mut out = ChannelStates::fresh(nc);
+        for (ch, v) in st.iter().enumerate() {
+            // Count keeps its cumulative weight in E.
+            if count {
+                out.cum[ch] = v[0] as f64;
+            } else {
+                (out.e[ch], out.a[ch]) = (v[0] as f64, v[1] as f64);
+            }
+            out.psum[ch] = v[2] as f64;
+            out.pmax[ch] = if v[3] == NO_MAX {
+                f64::NEG_INFINITY
+            } else {
+                v[3] as f64
+            };
+            out.cum_n[ch] = cum[ch][0] as u64 | (cum[ch][1] as u64) << 32;
+        }
+        Ok(out)
+    }
+
+    /// Makes `st` (checked by the caller) the committed stream state.
+    ///
+    /// # Errors
+    /// [`Error::State`] for a value beyond `f32`, before any change; GPU errors of the upload.
+    pub(crate) fn write_state(&mut self, st: &ChannelStates) -> Result<()> {
+        let nc = st.e.len();
+        let count = self.base.kind == 0;
+        let narrow = |v: f64| -> Result<f32> {
+            let x = v as f32;
+            if x.is_finite() {
+                Ok(x)
+            } else {
+                Err(Error::State(format!(
+                    "binning state value {v} does not fit the GPU's f32"
+                )))
+            }
+        };
+        let mut raw = Vec::with_capacity(nc);
+        for c in 0..nc {
+            let (e, a) = if count {
+                (st.cum[c], 0.0)
+            } else {
+                (st.e[c], st.a[c])
+            };
+            let mx = if st.pmax[c] == f64::NEG_INFINITY {
+                NO_MAX
+            } else {
+                narrow(st.pmax[c])?.max(NO_MAX)
+            };
+            raw.push([narrow(e)?, narrow(a)?, narrow(st.psum[c])?, mx]);
+        }
+        let cum: Vec<[u32; 2]> = st
+            .cum_n
+            .iter()
+            .map(|&n| [n as u32, (n >> 32) as u32])
+            .collect();
+        self.initialized = false;
+        self.prepare_state(nc)?;
+        let ctx = &self.ctx;
+        let s = self.state[self.cur].ensure(ctx, 0)?;
+        let c = self.cum[self.cur].ensure(ctx, 0)?;
+        ctx.queue.write_buffer(&s, 0, bytemuck::cast_slice(&raw));
+        ctx.queue.write_buffer(&c, 0, bytemuck::cast_slice(&cum));
         Ok(())
     }
 

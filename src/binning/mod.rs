@@ -58,6 +58,7 @@ use crate::error::{Error, Result};
 use crate::events::{DeviceEvents, Event};
 use crate::exact::BinEdges;
 use crate::gpu::{DeviceArray, StreamMark};
+use crate::state::{Fingerprint, StateReader, StateWriter};
 use crate::validate::{device_chunk_dims, needs_gpu};
 
 pub(crate) use jump::JumpTable;
@@ -199,6 +200,41 @@ impl DenseSample for bool {
     const IS_BYTE: bool = true;
     fn to_u8(self) -> u8 {
         self as u8
+    }
+}
+
+/// Operator tag of a saved binning state.
+const STATE_TAG: [u8; 4] = *b"BIN ";
+
+/// Every channel's stream state in the engines' common form (saved states): the carried
+/// recurrences, the open bin's partial sum and max (−∞ before its first sample), and the
+/// cumulative weight and event count (Count). Fields a kernel does not use are 0.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct ChannelStates {
+    pub e: Vec<f64>,
+    pub a: Vec<f64>,
+    pub psum: Vec<f64>,
+    pub pmax: Vec<f64>,
+    pub cum: Vec<f64>,
+    pub cum_n: Vec<u64>,
+}
+
+impl ChannelStates {
+    /// The initial state of `nc` channels.
+    pub(crate) fn fresh(nc: usize) -> Self {
+        ChannelStates {
+            e: vec![0.0; nc],
+            a: vec![0.0; nc],
+            psum: vec![0.0; nc],
+            pmax: vec![f64::NEG_INFINITY; nc],
+            cum: vec![0.0; nc],
+            cum_n: vec![0; nc],
+        }
+    }
+
+    /// The float fields, in their saved order.
+    fn floats(&self) -> [&Vec<f64>; 5] {
+        [&self.e, &self.a, &self.psum, &self.pmax, &self.cum]
     }
 }
 
@@ -405,6 +441,142 @@ impl BinnedActivation {
             EngineState::Cpu(s) => **s = cpu::CpuState::default(),
             EngineState::Gpu(g) => g.reset(),
         }
+    }
+
+    /// The fingerprint a saved state must carry: the sample rate and every setting.
+    fn fingerprint(&self) -> u64 {
+        let st = &self.settings;
+        let (kind, tau) = match st.kernel {
+            Kernel::Count => (0, 0.0),
+            Kernel::Exponential { tau } => (1, tau),
+            Kernel::Alpha { tau } => (2, tau),
+        };
+        Fingerprint::new()
+            .f64(self.fs)
+            .u64(kind)
+            .f64(tau)
+            .f64(st.bin_duration)
+            .u64(st.aggregation as u64)
+            .u64(st.scale_by_value as u64)
+            .u64(st.normalize as u64)
+            .u64(st.rate_normalize as u64)
+            .f64(st.t0)
+            .u64(st.first_sample)
+            .finish()
+    }
+
+    /// Saves the stream state (channel count, samples consumed, bins emitted and, per
+    /// channel, the carried recurrences, the open bin's partial sum and max and the
+    /// cumulative weight and count) in the format of [`crate::state`], for
+    /// [`BinnedActivation::restore_state`] on an operator of the same settings and sample
+    /// rate, on either engine.
+    ///
+    /// The GPU engine's `f32` state is saved widened to `f64`; the CPU engine's `f64` state
+    /// is rounded to `f32` on the GPU (integer counts are carried exactly on both). On the
+    /// engine that saved it the stream resumes bit for bit; on the other, within the bounds
+    /// of the [module docs](self).
+    ///
+    /// # Errors
+    /// GPU errors of the read-back (device lost).
+    pub fn save_state(&self) -> Result<Vec<u8>> {
+        let (mut w, nc) =
+            StateWriter::stream(STATE_TAG, self.fingerprint(), self.n_channels, self.pos);
+        w.u64(self.next_bin);
+        if nc > 0 {
+            let st = match &self.engine {
+                EngineState::Cpu(s) => s.channel_states(nc),
+                EngineState::Gpu(g) => g.read_state(nc)?,
+            };
+            for v in st.floats() {
+                w.f64s(v.iter().copied());
+            }
+            for &n in &st.cum_n {
+                w.u64(n);
+            }
+        }
+        Ok(w.finish())
+    }
+
+    /// Reads and checks the fields of a saved state: channel count, samples consumed, bins
+    /// emitted, channel states.
+    fn read_state(&self, bytes: &[u8]) -> Result<(usize, u64, u64, ChannelStates)> {
+        let bad = |what: String| Error::State(what);
+        let mut r = StateReader::open(bytes, STATE_TAG, self.fingerprint())?;
+        let nc = r.count("channel count", u32::MAX as u64)?;
+        let pos = r.u64()?;
+        let next_bin = r.u64()?;
+        // The open bin holds the next sample; the position stays addressable.
+        let edges_ok = match (self.edges.edge(next_bin), self.edges.edge(next_bin + 1)) {
+            (Ok(b0), Ok(b1)) => b0 <= pos && pos < b1,
+            _ => false,
+        };
+        if !edges_ok
+            || (nc == 0 && pos != 0)
+            || pos.checked_add(self.settings.first_sample).is_none()
+        {
+            return Err(bad(format!(
+                "position {pos} and {next_bin} bins emitted do not agree with the bin edges"
+            )));
+        }
+        if nc == 0 {
+            r.finish()?;
+            return Ok((0, 0, 0, ChannelStates::default()));
+        }
+        let e = r.f64s("E", nc)?;
+        let a = r.f64s("A", nc)?;
+        let psum = r.f64s("partial sum", nc)?;
+        let pmax = r.f64s("partial max", nc)?;
+        let cum = r.f64s("cumulative weight", nc)?;
+        let mut cum_n = Vec::with_capacity(nc);
+        for _ in 0..nc {
+            cum_n.push(r.u64()?);
+        }
+        r.finish()?;
+        let st = ChannelStates {
+            e,
+            a,
+            psum,
+            pmax,
+            cum,
+            cum_n,
+        };
+        let finite = st.e.iter().chain(&st.a).chain(&st.psum).chain(&st.cum);
+        if finite.clone().any(|v| !v.is_finite())
+            || st.pmax.iter().any(|&v| v.is_nan() || v == f64::INFINITY)
+        {
+            return Err(bad("non-finite binning state value".into()));
+        }
+        Ok((nc, pos, next_bin, st))
+    }
+
+    /// Restores a state saved by [`BinnedActivation::save_state`] (on either engine): the
+    /// stream continues from where it was saved, its position, bins emitted and channel
+    /// count included.
+    ///
+    /// # Errors
+    /// [`Error::State`] for bytes that are not a valid state of these settings and sample
+    /// rate (truncated, corrupted, other settings, a position that disagrees with the bin
+    /// edges, a non-finite value, one beyond the GPU's `f32`), with the operator unchanged.
+    /// A GPU failure while uploading (out of memory, device lost) leaves the operator reset.
+    pub fn restore_state(&mut self, bytes: &[u8]) -> Result<()> {
+        let (nc, pos, next_bin, st) = self.read_state(bytes)?;
+        if nc == 0 {
+            self.reset();
+            return Ok(());
+        }
+        match &mut self.engine {
+            EngineState::Cpu(s) => s.set_channel_states(st),
+            EngineState::Gpu(g) => {
+                if let Err(e) = g.write_state(&st) {
+                    if !matches!(e, Error::State(_)) {
+                        self.reset();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        (self.pos, self.next_bin, self.n_channels) = (pos, next_bin, Some(nc));
+        Ok(())
     }
 
     fn engine_is_gpu(&self) -> bool {

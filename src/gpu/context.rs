@@ -664,6 +664,11 @@ impl GrowBuffer {
         GrowBuffer { buf: None, label }
     }
 
+    /// The buffer, if one was made.
+    pub(crate) fn get(&self) -> Option<&wgpu::Buffer> {
+        self.buf.as_deref()
+    }
+
     /// Drops the buffer (the next [`GrowBuffer::ensure`] makes a new one).
     pub(crate) fn release(&mut self) {
         self.buf = None;

@@ -528,10 +528,8 @@ impl ThresholdCrossing {
     /// # Errors
     /// GPU errors of the read-back (device lost).
     pub fn save_state(&self) -> Result<Vec<u8>> {
-        let mut w = StateWriter::new(STATE_TAG, self.fingerprint());
-        let nc = self.n_channels.unwrap_or(0);
-        w.u64(nc as u64);
-        w.u64(self.pos);
+        let (mut w, nc) =
+            StateWriter::stream(STATE_TAG, self.fingerprint(), self.n_channels, self.pos);
         if nc > 0 {
             let channels = match &self.engine {
                 EngineState::Cpu(st) if st.channels() == nc => st.channel_states(),
