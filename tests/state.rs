@@ -495,3 +495,63 @@ fn binning_refuses_other_settings_and_corrupt_bytes_state_unchanged() {
         assert_eq!(b.position(), settings.first_sample + 500);
     }
 }
+
+/// `st` with the u64 field at byte `at` replaced by `v` and the checksum recomputed: a state
+/// whose bytes are intact but whose fields disagree.
+fn forged(st: &[u8], at: usize, v: u64) -> Vec<u8> {
+    let mut b = st[..st.len() - 8].to_vec();
+    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+    let sum = neurokernels::state::fnv1a64(&b);
+    b.extend_from_slice(&sum.to_le_bytes());
+    b
+}
+
+/// Fields after the 18-byte header: threshold crossing (channels, position, then 7 per
+/// channel: flags, run, peak offset, peak value, last event, mean, variance) and binning
+/// (channels, samples consumed, bins emitted, then E of each channel...). Intact bytes whose
+/// fields are inconsistent are refused with [`Error::State`], the operator unchanged.
+#[test]
+fn inconsistent_fields_are_refused_state_unchanged() {
+    const F: usize = 18;
+    let x = spiky(800, 5, 15, &[400]);
+    let [settings, _] = threshold_settings();
+    let raster = raster(900, 4, 16);
+    let bin_settings = binning_settings()[11];
+    for (name, e) in engines() {
+        let (_, _, st) = detect_split(&mut detector(&e, settings), &x, 400);
+        let ch0 = F + 16;
+        let bad = [
+            forged(&st, F, 4),                          // other channel count
+            forged(&st, F + 8, 0),                      // before the stream's first sample
+            forged(&st, ch0, 0xff),                     // unknown flag bits
+            forged(&st, ch0, 2),                        // an open event without its run
+            forged(&st, ch0 + 40, f64::NAN.to_bits()),  // NaN running mean
+            forged(&st, ch0 + 48, (-1.0f64).to_bits()), // negative variance
+        ];
+        let mut t = detector(&e, settings);
+        t.restore_state(&st).expect("restore");
+        for (i, b) in bad.iter().enumerate() {
+            assert!(
+                matches!(t.restore_state(b), Err(Error::State(_))),
+                "{name}: forged threshold state {i} accepted"
+            );
+        }
+        assert_eq!(t.save_state().expect("save"), st, "{name}: state changed");
+
+        let (_, st) = bin_split(&mut binner(&e, bin_settings), &raster, 500);
+        let bad = [
+            forged(&st, F + 8, 5000),                     // past the open bin
+            forged(&st, F + 16, 0),                       // bins emitted disagree
+            forged(&st, F + 32, f64::INFINITY.to_bits()), // infinite E
+        ];
+        let mut b = binner(&e, bin_settings);
+        b.restore_state(&st).expect("restore");
+        for (i, f) in bad.iter().enumerate() {
+            assert!(
+                matches!(b.restore_state(f), Err(Error::State(_))),
+                "{name}: forged binning state {i} accepted"
+            );
+        }
+        assert_eq!(b.save_state().expect("save"), st, "{name}: state changed");
+    }
+}
