@@ -506,6 +506,19 @@ fn forged(st: &[u8], at: usize, v: u64) -> Vec<u8> {
     b
 }
 
+/// Restores `st` into `op`, then checks that every one of `bad` is refused with
+/// [`Error::State`] and leaves `op` saving `st` again.
+fn assert_refuses_forged(name: &str, op: &mut impl Saves, st: &[u8], bad: &[Vec<u8>]) {
+    op.restore(st).expect("restore");
+    for (i, b) in bad.iter().enumerate() {
+        assert!(
+            matches!(op.restore(b), Err(Error::State(_))),
+            "{name}: forged state {i} accepted"
+        );
+    }
+    assert_eq!(op.save(), st, "{name}: state changed");
+}
+
 /// Fields after the 18-byte header: threshold crossing (channels, position, then 7 per
 /// channel: flags, run, peak offset, peak value, last event, mean, variance) and binning
 /// (channels, samples consumed, bins emitted, then E of each channel...). Intact bytes whose
@@ -528,15 +541,7 @@ fn inconsistent_fields_are_refused_state_unchanged() {
             forged(&st, ch0 + 40, f64::NAN.to_bits()),  // NaN running mean
             forged(&st, ch0 + 48, (-1.0f64).to_bits()), // negative variance
         ];
-        let mut t = detector(&e, settings);
-        t.restore_state(&st).expect("restore");
-        for (i, b) in bad.iter().enumerate() {
-            assert!(
-                matches!(t.restore_state(b), Err(Error::State(_))),
-                "{name}: forged threshold state {i} accepted"
-            );
-        }
-        assert_eq!(t.save_state().expect("save"), st, "{name}: state changed");
+        assert_refuses_forged(name, &mut detector(&e, settings), &st, &bad);
 
         let (_, st) = bin_split(&mut binner(&e, bin_settings), &raster, 500);
         let bad = [
@@ -544,14 +549,6 @@ fn inconsistent_fields_are_refused_state_unchanged() {
             forged(&st, F + 16, 0),                       // bins emitted disagree
             forged(&st, F + 32, f64::INFINITY.to_bits()), // infinite E
         ];
-        let mut b = binner(&e, bin_settings);
-        b.restore_state(&st).expect("restore");
-        for (i, f) in bad.iter().enumerate() {
-            assert!(
-                matches!(b.restore_state(f), Err(Error::State(_))),
-                "{name}: forged binning state {i} accepted"
-            );
-        }
-        assert_eq!(b.save_state().expect("save"), st, "{name}: state changed");
+        assert_refuses_forged(name, &mut binner(&e, bin_settings), &st, &bad);
     }
 }
