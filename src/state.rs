@@ -241,6 +241,19 @@ impl<'a> StateReader<'a> {
     }
 }
 
+/// Rounds the unevaluated sum `hi + lo` of two `f64` to a double-`f32` pair: exact when `hi`
+/// is already an `f32` (a pair saved by a GPU engine), else `hi`'s rounding error plus `lo`
+/// goes into the low part. `None` when either part leaves `f32` range.
+pub(crate) fn f32_pair(hi: f64, lo: f64) -> Option<[f32; 2]> {
+    let h = hi as f32;
+    let l = if h as f64 == hi {
+        lo as f32
+    } else {
+        ((hi - h as f64) + lo) as f32
+    };
+    (h.is_finite() && l.is_finite()).then_some([h, l])
+}
+
 /// A fuzz entry: restores arbitrary `bytes` into a fresh operator of each kind that saves its
 /// state (now the band-pass filter, default settings at 20 kHz, on the CPU engine). Returns
 /// `Ok` or [`Error::State`]; it never panics, whatever the bytes.
