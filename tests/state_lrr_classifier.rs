@@ -1,7 +1,8 @@
-//! Saved LRR state (`Lrr::save_state` / `Lrr::restore_state`): a stream of `partial_fit` +
-//! `transform` chunks, saved in the middle and restored into a new operator, gives the
-//! uninterrupted stream's output — bit-for-bit on the same engine, within the module's
-//! engine-parity bound (1e-4 relative, Frobenius) on the other; a state of other settings,
+//! Saved LRR and max-rate classifier state (`save_state` / `restore_state`): a stream of
+//! fit + transform (LRR) or regress + update (classifier) chunks, saved in the middle and
+//! restored into a new operator, gives the uninterrupted stream's output — bit-for-bit on the
+//! same engine, within the engine-parity bound (relative, Frobenius: 1e-4 for LRR as in
+//! `tests/lrr.rs`, 1e-5 for the classifier's logits) on the other; a state of other settings,
 //! truncated, bit-flipped or random bytes are refused with the operator unchanged.
 //!
 //! GPU tests never skip: without an adapter they fail.
@@ -11,7 +12,7 @@ mod support;
 use support::{corrupted_states, engines, rng};
 
 use ndarray::{s, Array2};
-use neurokernels::{Engine, Error, Lrr, LrrSettings};
+use neurokernels::{ClassifierSettings, Engine, Error, Lrr, LrrSettings, MaxRateClassifier};
 use rand::Rng;
 
 /// Engine parity of the LRR output (relative, Frobenius), as in `tests/lrr.rs`.
@@ -71,12 +72,43 @@ fn rel_err(a: &Array2<f32>, b: &Array2<f32>) -> f64 {
     (d / n.max(1e-300)).sqrt()
 }
 
+/// One engine's run: its name, the engine, the uninterrupted output and the state saved at
+/// the split.
+type Run = (&'static str, Engine, Array2<f32>, Vec<u8>);
+
+/// Restores every run's state on every engine (`resume` restores and streams the rest):
+/// bit-for-bit the uninterrupted output from row `from` on on the same engine, within
+/// `bound` (relative, Frobenius) across engines.
+fn check_resumed(
+    runs: &[Run],
+    from: usize,
+    bound: f64,
+    resume: impl Fn(&Engine, &[u8]) -> Array2<f32>,
+) {
+    for (from_name, from_engine, _, st) in runs {
+        for (to_name, to_engine, whole, _) in runs {
+            let tail = resume(to_engine, st);
+            let want = whole.slice(s![from.., ..]).to_owned();
+            if from_engine.is_gpu() == to_engine.is_gpu() {
+                assert_eq!(
+                    tail, want,
+                    "{from_name} → {to_name}: resumed output differs"
+                );
+            } else {
+                let e = rel_err(&tail, &want);
+                eprintln!("{from_name} → {to_name}: relative error {e:e}");
+                assert!(e < bound, "{from_name} → {to_name}: {e:e}");
+            }
+        }
+    }
+}
+
 #[test]
 fn lrr_resume_matches_uninterrupted_stream() {
     let x = signal(1200, 8, 1);
     // Saved after 500 samples: 100 since the last solve, the next due at 750.
     let at = 500;
-    let runs: Vec<(&str, Engine, Array2<f32>, Vec<u8>)> = engines()
+    let runs: Vec<Run> = engines()
         .into_iter()
         .map(|(name, e)| {
             let mut op = lrr(&e, settings());
@@ -87,24 +119,12 @@ fn lrr_resume_matches_uninterrupted_stream() {
             (name, e, whole, saved)
         })
         .collect();
-    for (from_name, from_engine, _, st) in &runs {
-        for (to_name, to_engine, whole, _) in &runs {
-            let mut g = lrr(to_engine, settings());
-            g.restore_state(st).expect("restore");
-            assert_eq!(g.n_samples(), at as u64, "{from_name} → {to_name}");
-            let tail = stream(&mut g, &x, at, x.nrows());
-            let want = whole.slice(s![at.., ..]).to_owned();
-            if from_engine.is_gpu() == to_engine.is_gpu() {
-                assert_eq!(
-                    tail, want,
-                    "{from_name} → {to_name}: resumed output differs"
-                );
-            } else {
-                let e = rel_err(&tail, &want);
-                assert!(e < LRR_BOUND, "{from_name} → {to_name}: {e:e}");
-            }
-        }
-    }
+    check_resumed(&runs, at, LRR_BOUND, |e, st| {
+        let mut g = lrr(e, settings());
+        g.restore_state(st).expect("restore");
+        assert_eq!(g.n_samples(), at as u64);
+        stream(&mut g, &x, at, x.nrows())
+    });
 }
 
 /// A saved state of a fresh operator and of one that saw only a NaN chunk restore too.
@@ -158,5 +178,125 @@ fn lrr_refuses_other_settings_and_corrupt_bytes_state_unchanged() {
             );
         }
         assert_eq!(g.save_state().expect("save"), before, "{name}: changed");
+    }
+}
+
+/// Engine parity of the classifier's logits over a short stream (relative, Frobenius).
+const CLASSIFIER_BOUND: f64 = 1e-5;
+
+fn classifier(engine: &Engine, decay: f64) -> MaxRateClassifier {
+    let st = ClassifierSettings {
+        decay,
+        ..ClassifierSettings::new(40, 4)
+    };
+    match MaxRateClassifier::new(engine, st) {
+        Ok(c) => c,
+        Err(e) => panic!("classifier: {e}"),
+    }
+}
+
+/// Batches of 16 samples: rates with a class-dependent boost, and their labels.
+fn batches(n: usize, seed: u64) -> Vec<(Array2<f32>, Vec<usize>)> {
+    let mut r = rng(seed);
+    (0..n)
+        .map(|_| {
+            let labels: Vec<usize> = (0..16).map(|_| r.random_range(0..4)).collect();
+            let x = Array2::from_shape_fn((16, 40), |(b, i)| {
+                r.random_range(0.0f32..1.0) + if i % 4 == labels[b] { 1.0 } else { 0.0 }
+            });
+            (x, labels)
+        })
+        .collect()
+}
+
+/// Regresses then updates each batch; returns the logits.
+fn classify_stream(c: &mut MaxRateClassifier, bs: &[(Array2<f32>, Vec<usize>)]) -> Array2<f32> {
+    let out: Vec<Array2<f32>> = bs
+        .iter()
+        .map(|(x, l)| {
+            let y = c.regress(x.view()).expect("regress");
+            c.update(x.view(), l).expect("update");
+            y
+        })
+        .collect();
+    let views: Vec<_> = out.iter().map(|a| a.view()).collect();
+    ndarray::concatenate(ndarray::Axis(0), &views).expect("concatenate")
+}
+
+#[test]
+fn classifier_resume_matches_uninterrupted_stream() {
+    let bs = batches(12, 4);
+    let at = 5;
+    let runs: Vec<Run> = engines()
+        .into_iter()
+        .map(|(name, e)| {
+            let mut c = classifier(&e, 0.05);
+            let a = classify_stream(&mut c, &bs[..at]);
+            let saved = c.save_state().expect("save");
+            let b = classify_stream(&mut c, &bs[at..]);
+            (
+                name,
+                e,
+                ndarray::concatenate![ndarray::Axis(0), a, b],
+                saved,
+            )
+        })
+        .collect();
+    check_resumed(&runs, at * 16, CLASSIFIER_BOUND, |e, st| {
+        let mut g = classifier(e, 0.05);
+        g.restore_state(st).expect("restore");
+        classify_stream(&mut g, &bs[at..])
+    });
+}
+
+#[test]
+fn classifier_refuses_other_settings_and_corrupt_bytes_state_unchanged() {
+    let bs = batches(4, 5);
+    for (name, e) in engines() {
+        let mut c = classifier(&e, 0.05);
+        classify_stream(&mut c, &bs[..2]);
+        let st = c.save_state().expect("save");
+        let others = [
+            classifier(&e, 0.1),
+            MaxRateClassifier::new(&e, ClassifierSettings::new(40, 5)).expect("c"),
+            MaxRateClassifier::new(&e, ClassifierSettings::new(41, 4)).expect("c"),
+        ];
+        for mut o in others {
+            assert!(
+                matches!(o.restore_state(&st), Err(Error::State(_))),
+                "{name}"
+            );
+        }
+        let mut g = classifier(&e, 0.05);
+        classify_stream(&mut g, &bs[2..]);
+        let before = g.save_state().expect("save");
+        for (i, bad) in corrupted_states(&st, 6).iter().enumerate() {
+            assert!(
+                matches!(g.restore_state(bad), Err(Error::State(_))),
+                "{name}: corrupted state {i} accepted"
+            );
+        }
+        assert_eq!(g.save_state().expect("save"), before, "{name}: changed");
+    }
+}
+
+/// The fuzz entry takes LRR and classifier states (of its default shapes) and their
+/// corruptions without panicking; only the valid states restore.
+#[test]
+fn fuzz_entry_takes_lrr_and_classifier_states() {
+    let e = Engine::cpu();
+    let mut op = lrr(&e, LrrSettings::default());
+    stream(&mut op, &signal(200, 3, 7), 0, 200);
+    let mut c = MaxRateClassifier::new(&e, ClassifierSettings::new(16, 4)).expect("c");
+    c.update(Array2::<f32>::ones((2, 16)).view(), &[1, 3])
+        .expect("update");
+    for st in [
+        op.save_state().expect("save"),
+        c.save_state().expect("save"),
+    ] {
+        assert!(neurokernels::state::fuzz_restore(&st).is_ok());
+        for bad in corrupted_states(&st, 8) {
+            assert!(neurokernels::state::fuzz_restore(&bad).is_err());
+        }
     }
 }
