@@ -256,12 +256,31 @@ impl<'a> StateReader<'a> {
     }
 }
 
+/// Rounds the unevaluated sum `hi + lo` of two `f64` to a double-`f32` pair: exact when `hi`
+/// is already an `f32` (a pair saved by a GPU engine), else `hi`'s rounding error plus `lo`
+/// goes into the low part. `None` when either part leaves `f32` range.
+pub(crate) fn f32_pair(hi: f64, lo: f64) -> Option<[f32; 2]> {
+    let h = hi as f32;
+    let l = if h as f64 == hi {
+        lo as f32
+    } else {
+        ((hi - h as f64) + lo) as f32
+    };
+    (h.is_finite() && l.is_finite()).then_some([h, l])
+}
+
 /// A fuzz entry: restores arbitrary `bytes` into a fresh operator of each kind that saves its
-/// state (the band-pass filter, threshold crossing and binned activation, default settings
-/// at 20 kHz, on the CPU engine). Returns `Ok` when one of them takes the bytes, else
-/// the last [`Error::State`]; it never panics, whatever the bytes.
+/// state (on the CPU engine: the band-pass filter, threshold crossing and binned activation,
+/// default settings at 20 kHz; LRR, default settings; the max-rate classifier of 16 neurons
+/// and 4 classes). Returns `Ok` when one of them takes the bytes, else the last
+/// [`Error::State`]; it never panics, whatever the bytes.
 pub fn fuzz_restore(bytes: &[u8]) -> Result<()> {
     let engine = crate::engine::Engine::cpu();
+    let mut lrr = crate::lrr::Lrr::new(&engine, crate::lrr::LrrSettings::default())?;
+    let mut clf = crate::classifier::MaxRateClassifier::new(
+        &engine,
+        crate::classifier::ClassifierSettings::new(16, 4),
+    )?;
     let mut filter =
         crate::filter::BandpassFilter::new(&engine, crate::filter::FilterSettings::default(), 2e4)?;
     let mut threshold = crate::threshold::ThresholdCrossing::new(
@@ -277,7 +296,9 @@ pub fn fuzz_restore(bytes: &[u8]) -> Result<()> {
     let f = filter.restore_state(bytes);
     let t = threshold.restore_state(bytes);
     let b = binning.restore_state(bytes);
-    f.or(t).or(b)
+    let l = lrr.restore_state(bytes);
+    let c = clf.restore_state(bytes);
+    f.or(t).or(b).or(l).or(c)
 }
 
 #[cfg(test)]

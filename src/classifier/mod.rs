@@ -88,6 +88,10 @@ use ndarray::{Array2, ArrayView2, ArrayView3, ArrayViewD, Ix2, Ix3};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, DeviceArray};
+use crate::state::{Fingerprint, StateReader, StateWriter};
+
+/// Operator tag of a saved classifier state.
+const STATE_TAG: [u8; 4] = *b"MRC ";
 
 /// Settings of [`MaxRateClassifier`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -705,6 +709,58 @@ impl MaxRateClassifier {
                 g.set_rates(&r)
             }
         }
+    }
+
+    /// The fingerprint a saved state must carry: `N`, `K` and the decay (`proportional` is
+    /// a per-call choice, not state, and is not part of it).
+    fn fingerprint(&self) -> u64 {
+        Fingerprint::new()
+            .u64(self.settings.n_neurons as u64)
+            .u64(self.settings.n_classes as u64)
+            .f64(self.settings.decay)
+            .finish()
+    }
+
+    /// Saves the stream state (the rates; everything else is derived from them) in the
+    /// format of [`crate::state`], for [`MaxRateClassifier::restore_state`] on a classifier
+    /// of the same `N`, `K` and decay, on either engine. The rates are written as `f64`
+    /// (the GPU's `f32` widened, exactly): a state restored on the engine that saved it
+    /// resumes bit for bit; the GPU engine rounds a CPU state to `f32`, one rounding within
+    /// the update bound of the [module docs](self).
+    ///
+    /// # Errors
+    /// GPU errors of the read-back (device lost).
+    pub fn save_state(&self) -> Result<Vec<u8>> {
+        let mut w = StateWriter::new(STATE_TAG, self.fingerprint());
+        let v = match &self.engine {
+            EngineState::Cpu(c) => c.rates().to_vec(),
+            EngineState::Gpu(g) => g.rates()?,
+        };
+        w.f64s(v.into_iter());
+        Ok(w.finish())
+    }
+
+    /// Restores a state saved by [`MaxRateClassifier::save_state`] (on either engine); the
+    /// derived state (proportions, assignments, occurrences) is recomputed.
+    ///
+    /// # Errors
+    /// [`Error::State`] for bytes that are not a valid classifier state of this `N`, `K`
+    /// and decay (truncated, corrupted, other settings, a rate that is not finite or leaves
+    /// `f32` range), with the classifier unchanged. A GPU failure while uploading (device
+    /// lost) is returned as is.
+    pub fn restore_state(&mut self, bytes: &[u8]) -> Result<()> {
+        let mut r = StateReader::open(bytes, STATE_TAG, self.fingerprint())?;
+        let v = r.f64s("rates", self.settings.n_neurons * self.settings.n_classes)?;
+        r.finish()?;
+        if let Some(x) = v
+            .iter()
+            .find(|x| !x.is_finite() || x.abs() > f32::MAX as f64)
+        {
+            return Err(Error::State(format!(
+                "rate {x} is not finite or leaves f32 range"
+            )));
+        }
+        self.set_rates_unchecked(&v)
     }
 
     /// The rates as a `.npy` file image (`<f8`, shape `(N, K)`, C order), what

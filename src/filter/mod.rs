@@ -438,21 +438,13 @@ impl BandpassFilter {
             EngineState::Gpu(g) => {
                 let mut ds = Vec::with_capacity(pairs.len());
                 for p in pairs.chunks_exact(2) {
-                    let hi = p[0] as f32;
-                    // Exact when the pair came from the GPU (`hi` an `f32`); else the
-                    // rounding error of `hi`, plus `lo`.
-                    let lo = if hi as f64 == p[0] {
-                        p[1] as f32
-                    } else {
-                        ((p[0] - hi as f64) + p[1]) as f32
-                    };
-                    if !(hi.is_finite() && lo.is_finite()) {
+                    let Some(hl) = crate::state::f32_pair(p[0], p[1]) else {
                         return Err(Error::State(format!(
                             "filter state value {} does not fit the GPU's f32 pairs",
                             p[0] + p[1]
                         )));
-                    }
-                    ds.extend([hi, lo]);
+                    };
+                    ds.extend(hl);
                 }
                 if let Err(e) = g.write_state(nc, &ds) {
                     if !matches!(e, Error::Shape { .. }) {

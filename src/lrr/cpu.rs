@@ -212,6 +212,25 @@ impl CpuLrr {
             .collect()
     }
 
+    /// Sets each group's `C` from `k × k` symmetric blocks ([`CpuLrr::group_blocks`]'s
+    /// layout, checked by the caller).
+    pub fn set_group_blocks(&mut self, layout: &Layout, blocks: &[Vec<f64>]) {
+        for ((g, (c, &kp)), b) in layout
+            .groups
+            .iter()
+            .zip(self.c.iter_mut().zip(&self.kp))
+            .zip(blocks)
+        {
+            let k = g.len();
+            c.iter_mut().for_each(|v| *v = 0.0);
+            for i in 0..k {
+                for j in 0..k {
+                    c[i * kp + j] = b[i * k + j];
+                }
+            }
+        }
+    }
+
     /// Cluster `ci`'s block of `C` (`k × k`, cluster order).
     fn cluster_block(&self, layout: &Layout, ci: usize) -> Vec<f64> {
         let g = layout.cluster_group[ci];

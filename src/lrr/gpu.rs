@@ -544,6 +544,23 @@ impl GpuLrr {
 
     /// Each group's `C` block (`k × k`, `hi + lo` in `f64`), read back from the device.
     pub fn group_blocks(&mut self, layout: &Layout) -> Result<Vec<Vec<f64>>> {
+        Ok(self
+            .group_pairs(layout)?
+            .into_iter()
+            .map(|b| b.into_iter().map(|v| v[0] as f64 + v[1] as f64).collect())
+            .collect())
+    }
+
+    /// Position in the tile buffer of entry `(i, j)` of a group (symmetric: the upper one).
+    fn tile_index(gt: &GroupTiles, i: usize, j: usize) -> usize {
+        let (pa, pb) = if i <= j { (i, j) } else { (j, i) };
+        let (ba, bb) = (pa / 16, pb / 16);
+        let tile = gt.first + ba * (2 * gt.nb - ba + 1) / 2 + (bb - ba);
+        tile * 256 + (pa % 16) * 16 + pb % 16
+    }
+
+    /// Each group's `C` block (`k × k`) as the device's double-`f32` `(hi, lo)` pairs.
+    pub fn group_pairs(&mut self, layout: &Layout) -> Result<Vec<Vec<[f32; 2]>>> {
         self.wait_pending()?;
         let ctx = self.ctx.clone();
         let bytes = ctx.scoped(|| {
@@ -559,19 +576,38 @@ impl GpuLrr {
             .zip(&self.group_tiles)
             .map(|(g, gt)| {
                 let k = g.len();
-                let mut b = vec![0.0; k * k];
-                for i in 0..k {
-                    for j in 0..k {
-                        let (pa, pb) = if i <= j { (i, j) } else { (j, i) };
-                        let (ba, bb) = (pa / 16, pb / 16);
-                        let tile = gt.first + ba * (2 * gt.nb - ba + 1) / 2 + (bb - ba);
-                        let v = c[tile * 256 + (pa % 16) * 16 + pb % 16];
-                        b[i * k + j] = v[0] as f64 + v[1] as f64;
-                    }
-                }
-                b
+                (0..k * k)
+                    .map(|e| c[Self::tile_index(gt, e / k, e % k)])
+                    .collect()
             })
             .collect())
+    }
+
+    /// Makes `blocks` (each group's `k × k` `(hi, lo)` pairs, symmetric) the device's `C`.
+    pub fn set_group_pairs(&mut self, layout: &Layout, blocks: &[Vec<[f32; 2]>]) -> Result<()> {
+        self.wait_pending()?;
+        let mut c = vec![[0f32; 2]; self.n_tiles * 256];
+        for ((g, gt), b) in layout.groups.iter().zip(&self.group_tiles).zip(blocks) {
+            let k = g.len();
+            for i in 0..k {
+                for j in 0..k {
+                    // Inside a diagonal tile both triangles are written.
+                    if i / 16 == j / 16 {
+                        let t = Self::tile_index(gt, i, j) / 256;
+                        c[t * 256 + (i % 16) * 16 + j % 16] = b[i * k + j];
+                    } else if i < j {
+                        c[Self::tile_index(gt, i, j)] = b[i * k + j];
+                    }
+                }
+            }
+        }
+        let ctx = self.ctx.clone();
+        ctx.scoped(|| {
+            ctx.queue
+                .write_buffer(&self.c[self.cur], 0, bytemuck::cast_slice(&c));
+            ctx.submit_and_read(ctx.encoder(), &[])?;
+            Ok(())
+        })
     }
 
     /// Records the transform of `n` rows of `x` into `y`.

@@ -95,10 +95,17 @@ use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::gpu::DeviceArray;
+use crate::state::{Fingerprint, StateReader, StateWriter};
 use crate::validate::{check_out_shape, needs_gpu};
 
 /// Largest magnitude accepted in `partial_fit`/`fit` (its square stays far inside `f32`).
 pub const MAX_ABS_VALUE: f32 = 1e15;
+
+/// Operator tag of a saved LRR state.
+const STATE_TAG: [u8; 4] = *b"LRR ";
+
+/// Largest channel count a saved state may name.
+const MAX_STATE_CHANNELS: u64 = 1 << 20;
 
 /// Where preloaded weights come from.
 #[derive(Debug, Clone, PartialEq)]
@@ -955,6 +962,205 @@ impl Lrr {
 }
 
 /// Symmetric lookup in a `kp × kp` upper-block matrix (entries `j ≥ i` valid).
+impl Lrr {
+    /// The fingerprint a saved state must carry: every setting (clusters as sorted member
+    /// lists) and the preloaded weights.
+    fn fingerprint(&self) -> u64 {
+        let st = &self.settings;
+        let mut fp = Fingerprint::new()
+            .f64(st.ridge_lambda)
+            .u64(st.incremental as u64)
+            .u64(st.full_covariance as u64)
+            .u64(st.update_every);
+        match &st.channel_clusters {
+            None => fp = fp.u64(u64::MAX),
+            Some(cs) => {
+                fp = fp.u64(cs.len() as u64);
+                for c in cs {
+                    let mut c = c.clone();
+                    c.sort_unstable();
+                    fp = c
+                        .iter()
+                        .fold(fp.u64(c.len() as u64), |fp, &m| fp.u64(m as u64));
+                }
+            }
+        }
+        match &self.preloaded {
+            None => fp.u64(u64::MAX).finish(),
+            Some(w) => w
+                .iter()
+                .fold(fp.u64(w.nrows() as u64), |fp, &v| fp.f64(v))
+                .finish(),
+        }
+    }
+
+    /// Saves the stream state in the format of [`crate::state`], for [`Lrr::restore_state`]
+    /// on an operator of the same settings, on either engine: the counters (samples, skipped
+    /// chunks, solves, samples since the last solve), whether statistics and weights exist
+    /// and are stale, the singular clusters, every group's `C` (upper and lower halves) and
+    /// every cluster's `W`.
+    ///
+    /// `C` is written as unevaluated pairs `hi + lo`: the GPU engine's double-`f32` pairs as
+    /// they are, the CPU engine's `f64` with `lo = −0`. On the engine that saved it a state
+    /// resumes bit for bit; on the other engine the CPU takes `hi + lo` in `f64` and the GPU
+    /// rounds `C` to a pair (≈ 48 bits, far below the accumulation bound of the
+    /// [module docs](self)) and `W` to `f32` (as its own solve stores it).
+    ///
+    /// # Errors
+    /// GPU errors of the read-back (device lost).
+    pub fn save_state(&mut self) -> Result<Vec<u8>> {
+        let mut w = StateWriter::new(STATE_TAG, self.fingerprint());
+        for v in [
+            self.n_samples,
+            self.skipped,
+            self.solves,
+            self.has_stats as u64,
+            self.stale as u64,
+            self.since_solve,
+            self.has_weights as u64,
+        ] {
+            w.u64(v);
+        }
+        w.u64(self.singular.len() as u64);
+        for &c in &self.singular {
+            w.u64(c as u64);
+        }
+        let (Some(layout), Some(state)) = (&self.layout, &mut self.state) else {
+            w.u64(0);
+            return Ok(w.finish());
+        };
+        w.u64(layout.n as u64);
+        let (pairs, weights): (Vec<Vec<[f64; 2]>>, _) = match state {
+            EngineState::Cpu(c) => (
+                c.group_blocks(layout)
+                    .into_iter()
+                    .map(|b| b.into_iter().map(|v| [v, -0.0]).collect())
+                    .collect(),
+                c.weight_blocks(),
+            ),
+            EngineState::Gpu(g) => (
+                g.group_pairs(layout)?
+                    .into_iter()
+                    .map(|b| b.into_iter().map(|v| [v[0] as f64, v[1] as f64]).collect())
+                    .collect(),
+                g.weight_blocks(layout)?,
+            ),
+        };
+        for b in &pairs {
+            w.f64s(b.iter().flatten().copied().collect::<Vec<_>>().into_iter());
+        }
+        for b in &weights {
+            w.f64s(b.iter().copied());
+        }
+        Ok(w.finish())
+    }
+
+    /// Restores a state saved by [`Lrr::save_state`] (on either engine): statistics,
+    /// weights, counters and the schedule of the next re-solve continue from where they
+    /// were saved.
+    ///
+    /// # Errors
+    /// [`Error::State`] for bytes that are not a valid LRR state of these settings
+    /// (truncated, corrupted, other settings, a channel count the clusters do not fit, a
+    /// non-finite value), with the operator unchanged. GPU errors (out of memory, device
+    /// lost) while building the new device state also leave the operator unchanged.
+    pub fn restore_state(&mut self, bytes: &[u8]) -> Result<()> {
+        let mut r = StateReader::open(bytes, STATE_TAG, self.fingerprint())?;
+        let n_samples = r.u64()?;
+        let skipped = r.u64()?;
+        let solves = r.u64()?;
+        let has_stats = r.count("statistics flag", 1)? == 1;
+        let stale = r.count("stale flag", 1)? == 1;
+        let since_solve = r.u64()?;
+        let has_weights = r.count("weights flag", 1)? == 1;
+        let n_singular = r.count("singular cluster count", MAX_STATE_CHANNELS)?;
+        let mut singular = Vec::new();
+        for _ in 0..n_singular {
+            singular.push(r.count("singular cluster", MAX_STATE_CHANNELS)?);
+        }
+        let n = r.count("channel count", MAX_STATE_CHANNELS)?;
+        if n == 0 {
+            r.finish()?;
+            if self.preloaded.is_some() || has_stats || has_weights || n_singular > 0 {
+                return Err(Error::State(
+                    "no channel count for a fitted operator".into(),
+                ));
+            }
+            self.layout = None;
+            self.state = None;
+        } else {
+            if let Some(p) = &self.preloaded {
+                if p.nrows() != n {
+                    return Err(Error::State(format!(
+                        "{n} channels, the preloaded weights have {}",
+                        p.nrows()
+                    )));
+                }
+            }
+            let layout = Layout::new(
+                n,
+                self.settings.channel_clusters.as_ref(),
+                self.settings.full_covariance,
+            )
+            .map_err(|e| Error::State(format!("channel count {n}: {e}")))?;
+            if let Some(&c) = singular.iter().find(|&&c| c >= layout.clusters.len()) {
+                return Err(Error::State(format!("singular cluster {c} out of range")));
+            }
+            let mut c = Vec::with_capacity(layout.groups.len());
+            for g in &layout.groups {
+                c.push(r.f64s("covariance", 2 * g.len() * g.len())?);
+            }
+            let mut wts = Vec::with_capacity(layout.clusters.len());
+            for cl in &layout.clusters {
+                wts.push(r.f64s("weights", cl.len() * cl.len())?);
+            }
+            r.finish()?;
+            if c.iter().chain(&wts).flatten().any(|v| !v.is_finite()) {
+                return Err(Error::State("non-finite covariance or weight".into()));
+            }
+            let state = match &self.engine {
+                Engine::Cpu => {
+                    let mut st = cpu::CpuLrr::new(&layout);
+                    let blocks: Vec<Vec<f64>> = c
+                        .iter()
+                        .map(|b| b.chunks_exact(2).map(|p| p[0] + p[1]).collect())
+                        .collect();
+                    st.set_group_blocks(&layout, &blocks);
+                    st.set_weights(&layout, wts);
+                    EngineState::Cpu(st)
+                }
+                Engine::Gpu(ctx) => {
+                    let mut blocks = Vec::with_capacity(c.len());
+                    for b in &c {
+                        let pairs: Option<Vec<[f32; 2]>> = b
+                            .chunks_exact(2)
+                            .map(|p| crate::state::f32_pair(p[0], p[1]))
+                            .collect();
+                        blocks.push(pairs.ok_or_else(|| {
+                            Error::State("covariance does not fit the GPU's f32 pairs".into())
+                        })?);
+                    }
+                    let mut g = gpu::GpuLrr::new(ctx, &layout)?;
+                    g.set_group_pairs(&layout, &blocks)?;
+                    g.set_weights(&layout, &wts)?;
+                    EngineState::Gpu(Box::new(g))
+                }
+            };
+            self.layout = Some(layout);
+            self.state = Some(state);
+        }
+        self.n_samples = n_samples;
+        self.skipped = skipped;
+        self.solves = solves;
+        self.has_stats = has_stats;
+        self.stale = stale;
+        self.since_solve = since_solve;
+        self.has_weights = has_weights;
+        self.singular = singular;
+        Ok(())
+    }
+}
+
 #[inline]
 pub(crate) fn sym(c: &[f64], kp: usize, i: usize, j: usize) -> f64 {
     if i <= j {

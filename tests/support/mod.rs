@@ -79,3 +79,25 @@ pub fn reference(family: &str, case: &str) -> std::path::PathBuf {
     assert!(d.is_dir(), "reference case {} is missing", d.display());
     d
 }
+
+/// Corrupted copies of a saved state `st` (prefixes, 200 single-bit flips, 100 random byte
+/// strings), none of which a restore may accept.
+pub fn corrupted_states(st: &[u8], seed: u64) -> Vec<Vec<u8>> {
+    use rand::Rng;
+    let mut r = rng(seed);
+    let mut out: Vec<Vec<u8>> = [0, 1, 4, st.len() / 2, st.len() - 1]
+        .iter()
+        .map(|&cut| st[..cut.min(st.len())].to_vec())
+        .collect();
+    for _ in 0..200 {
+        let mut bad = st.to_vec();
+        let i = r.random_range(0..bad.len());
+        bad[i] ^= 1 << r.random_range(0..8);
+        out.push(bad);
+    }
+    for _ in 0..100 {
+        let len = r.random_range(0..256);
+        out.push((0..len).map(|_| r.random()).collect());
+    }
+    out
+}
