@@ -128,6 +128,13 @@ impl StateWriter {
         }
     }
 
+    /// Appends a byte string (another operator's whole saved state): its length, then the
+    /// bytes.
+    pub(crate) fn bytes(&mut self, v: &[u8]) {
+        self.u64(v.len() as u64);
+        self.buf.extend_from_slice(v);
+    }
+
     /// The finished state, checksum appended.
     pub(crate) fn finish(mut self) -> Vec<u8> {
         let sum = fnv1a64(&self.buf);
@@ -243,6 +250,15 @@ impl<'a> StateReader<'a> {
             .collect())
     }
 
+    /// Reads a byte string written by `StateWriter::bytes` (its length is checked against
+    /// the bytes that remain before anything is taken).
+    pub(crate) fn bytes(&mut self, what: &str) -> Result<&'a [u8]> {
+        let len = self.u64()?;
+        let len = usize::try_from(len)
+            .map_err(|_| bad(format!("{what}: length {len} does not fit this machine")))?;
+        self.take(len)
+    }
+
     /// Checks that every field was read.
     pub(crate) fn finish(self) -> Result<()> {
         if self.rest.is_empty() {
@@ -272,7 +288,7 @@ pub(crate) fn f32_pair(hi: f64, lo: f64) -> Option<[f32; 2]> {
 /// A fuzz entry: restores arbitrary `bytes` into a fresh operator of each kind that saves its
 /// state (on the CPU engine: the band-pass filter, threshold crossing and binned activation,
 /// default settings at 20 kHz; LRR, default settings; the max-rate classifier of 16 neurons
-/// and 4 classes). Returns `Ok` when one of them takes the bytes, else the last
+/// and 4 classes; a chain of default settings over 4 channels). Returns `Ok` when one of them takes the bytes, else the last
 /// [`Error::State`]; it never panics, whatever the bytes.
 pub fn fuzz_restore(bytes: &[u8]) -> Result<()> {
     let engine = crate::engine::Engine::cpu();
@@ -298,7 +314,8 @@ pub fn fuzz_restore(bytes: &[u8]) -> Result<()> {
     let b = binning.restore_state(bytes);
     let l = lrr.restore_state(bytes);
     let c = clf.restore_state(bytes);
-    f.or(t).or(b).or(l).or(c)
+    let chain = crate::chain::fuzz_chain()?.restore_state(bytes);
+    f.or(t).or(b).or(l).or(c).or(chain)
 }
 
 #[cfg(test)]

@@ -13,40 +13,9 @@ use neurokernels::simulate::{self, SimSettings};
 use neurokernels::{
     BinnedActivation, Engine, Error, Event, Lrr, LrrSettings, ThresholdCrossing, WeightsSource,
 };
-use rand::Rng;
-use support::{engines, gpu, rng};
+use support::{engines, gpu, recording};
 
 const FS: f64 = 30_000.0;
-
-/// `(n, c)` µV: white noise (σ 5), noise shared by all channels (σ 10), and negative 1 ms
-/// spikes of 40–80 µV at about 30 Hz per channel.
-fn recording(seed: u64, n: usize, c: usize) -> Array2<f32> {
-    let mut r = rng(seed);
-    let mut gauss = move || {
-        let u: f32 = (0..4).map(|_| r.random::<f32>()).sum();
-        (u - 2.0) * 1.732
-    };
-    let mut x = Array2::<f32>::zeros((n, c));
-    for mut row in x.rows_mut() {
-        let shared = 10.0 * gauss();
-        for v in row.iter_mut() {
-            *v = 5.0 * gauss() + shared;
-        }
-    }
-    let mut r = rng(seed ^ 0x5eed);
-    for ch in 0..c {
-        let amp = 40.0 + 40.0 * r.random::<f32>();
-        let mut t = r.random_range(0..1000usize);
-        while t + 30 < n {
-            for k in 0..30 {
-                let tk = k as f32 / 30.0;
-                x[[t + k, ch]] -= amp * (-((tk - 0.25) / 0.08).powi(2)).exp();
-            }
-            t += r.random_range(300..2000usize);
-        }
-    }
-    x
-}
 
 fn settings(reference: ReferenceMode, c: usize) -> ChainSettings {
     ChainSettings {

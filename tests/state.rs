@@ -7,7 +7,7 @@
 
 mod support;
 
-use support::{engines, rng};
+use support::{engines, forged, rng};
 
 use ndarray::{s, Array2};
 use neurokernels::{
@@ -494,16 +494,6 @@ fn binning_refuses_other_settings_and_corrupt_bytes_state_unchanged() {
         assert_eq!(restored, st, "{name}: restore then save changes the bytes");
         assert_eq!(b.position(), settings.first_sample + 500);
     }
-}
-
-/// `st` with the u64 field at byte `at` replaced by `v` and the checksum recomputed: a state
-/// whose bytes are intact but whose fields disagree.
-fn forged(st: &[u8], at: usize, v: u64) -> Vec<u8> {
-    let mut b = st[..st.len() - 8].to_vec();
-    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
-    let sum = neurokernels::state::fnv1a64(&b);
-    b.extend_from_slice(&sum.to_le_bytes());
-    b
 }
 
 /// Restores `st` into `op`, then checks that every one of `bad` is refused with

@@ -48,6 +48,9 @@ use crate::reference::{CarSettings, CommonAverage};
 use crate::threshold::{ThresholdCrossing, ThresholdSettings};
 use crate::validate::check_finite;
 
+mod state;
+pub(crate) use state::fuzz_chain;
+
 /// Which reference the chain subtracts after filtering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReferenceMode {
@@ -414,6 +417,33 @@ impl Chain {
                 })
                 .collect(),
         };
+        let calibration = Calibration {
+            n_samples: n,
+            noise,
+            thresholds,
+            dead_channels: dead,
+            weights,
+        };
+        Chain::assemble(
+            engine,
+            settings,
+            fs,
+            (filter, reference),
+            calibration,
+            first_sample,
+        )
+    }
+
+    /// A chain of the given filter, reference and calibration whose detector and binner
+    /// start fresh at `first_sample`.
+    fn assemble(
+        engine: &Engine,
+        settings: ChainSettings,
+        fs: f64,
+        (filter, reference): (Option<BandpassFilter>, Reference),
+        calibration: Calibration,
+        first_sample: u64,
+    ) -> Result<Self> {
         let detect = ThresholdCrossing::with_thresholds(
             engine,
             ThresholdSettings {
@@ -421,7 +451,7 @@ impl Chain {
                 ..settings.detection
             },
             fs,
-            thresholds.clone(),
+            calibration.thresholds.clone(),
         )?;
         let bin = BinnedActivation::new(
             engine,
@@ -434,19 +464,13 @@ impl Chain {
         Ok(Chain {
             engine: engine.clone(),
             fs,
+            n_channels: calibration.noise.len(),
             settings,
-            n_channels: c,
             filter,
             reference,
             detect,
             bin,
-            calibration: Calibration {
-                n_samples: n,
-                noise,
-                thresholds,
-                dead_channels: dead,
-                weights,
-            },
+            calibration,
             times: StageTimes::default(),
             scratch: [Vec::new(), Vec::new()],
         })

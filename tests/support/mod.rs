@@ -101,3 +101,44 @@ pub fn corrupted_states(st: &[u8], seed: u64) -> Vec<Vec<u8>> {
     }
     out
 }
+
+/// A test recording, `(n, c)` µV: white noise (σ 5), noise shared by all channels (σ 10),
+/// and negative 1 ms spikes of 40–80 µV at about 30 Hz per channel.
+pub fn recording(seed: u64, n: usize, c: usize) -> ndarray::Array2<f32> {
+    use rand::Rng;
+    let mut r = rng(seed);
+    let mut gauss = move || {
+        let u: f32 = (0..4).map(|_| r.random::<f32>()).sum();
+        (u - 2.0) * 1.732
+    };
+    let mut x = ndarray::Array2::<f32>::zeros((n, c));
+    for mut row in x.rows_mut() {
+        let shared = 10.0 * gauss();
+        for v in row.iter_mut() {
+            *v = 5.0 * gauss() + shared;
+        }
+    }
+    let mut r = rng(seed ^ 0x5eed);
+    for ch in 0..c {
+        let amp = 40.0 + 40.0 * r.random::<f32>();
+        let mut t = r.random_range(0..1000usize);
+        while t + 30 < n {
+            for k in 0..30 {
+                let tk = k as f32 / 30.0;
+                x[[t + k, ch]] -= amp * (-((tk - 0.25) / 0.08).powi(2)).exp();
+            }
+            t += r.random_range(300..2000usize);
+        }
+    }
+    x
+}
+
+/// `st` with the u64 field at byte `at` replaced by `v` and the checksum recomputed: a state
+/// whose bytes are intact but whose fields disagree.
+pub fn forged(st: &[u8], at: usize, v: u64) -> Vec<u8> {
+    let mut b = st[..st.len() - 8].to_vec();
+    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+    let sum = neurokernels::state::fnv1a64(&b);
+    b.extend_from_slice(&sum.to_le_bytes());
+    b
+}
