@@ -60,6 +60,11 @@ pub enum Error {
     /// The device ran out of memory.
     #[error("GPU out of memory: {0}")]
     OutOfMemory(String),
+    /// The host could not allocate an output whose size the caller's settings chose (an
+    /// encoder's time steps, a basis's window, …). Nothing was allocated and the operator is
+    /// unchanged; smaller settings or inputs go on working.
+    #[error("host out of memory: {0}")]
+    HostMemory(String),
     /// Creating a device buffer would take the context's live device bytes past its memory
     /// budget ([`crate::GpuOptions::memory_budget`]). Nothing was allocated; smaller chunks go
     /// on working.

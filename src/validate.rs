@@ -91,3 +91,33 @@ pub(crate) fn f32_device_chunk(chunk: &DeviceArray, op: &str) -> Result<(usize, 
 pub(crate) fn needs_gpu(what: &str) -> Error {
     Error::DeviceArray(format!("{what} needs the GPU engine"))
 }
+
+/// A zero-filled buffer of `len` values for an output whose size the caller's settings
+/// chose: [`Error::HostMemory`] naming `what`, not an abort, when the host cannot allocate
+/// it (the pages are zeroed by the allocator, so a large buffer costs no writes here).
+pub(crate) fn host_zeroed<T: bytemuck::Zeroable>(what: &str, len: usize) -> Result<Vec<T>> {
+    bytemuck::allocation::try_zeroed_vec(len).map_err(|()| {
+        Error::HostMemory(format!(
+            "{what}: {len} values of {} bytes",
+            std::mem::size_of::<T>()
+        ))
+    })
+}
+
+/// [`host_zeroed`] shaped as an array of `shape`.
+pub(crate) fn host_zeros<T: bytemuck::Zeroable, D: ndarray::Dimension>(
+    what: &str,
+    shape: D,
+) -> Result<ndarray::Array<T, D>> {
+    let len = shape
+        .slice()
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|&n| {
+            n.checked_mul(std::mem::size_of::<T>().max(1))
+                .is_some_and(|b| b <= isize::MAX as usize)
+        })
+        .ok_or_else(|| Error::HostMemory(format!("{what}: shape {:?} overflows", shape.slice())))?;
+    let v = host_zeroed(what, len)?;
+    ndarray::Array::from_shape_vec(shape, v).map_err(|e| Error::HostMemory(format!("{what}: {e}")))
+}

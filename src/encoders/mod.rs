@@ -627,7 +627,7 @@ impl RateEncoder {
     ) -> Result<ArrayD<u8>> {
         let x = x.into_dyn();
         let shape = self.output_shape(x.shape())?;
-        let mut out = ArrayD::<u8>::zeros(IxDyn(&shape));
+        let mut out = crate::validate::host_zeros::<u8, _>("encoder output", IxDyn(&shape))?;
         self.encode_into_at(x, out.view_mut(), first_sample)?;
         Ok(out)
     }
@@ -843,7 +843,7 @@ impl LatencyEncoder {
     pub fn encode<D: Dimension>(&mut self, x: ArrayView<'_, f32, D>) -> Result<ArrayD<u8>> {
         let x = x.into_dyn();
         let shape = self.output_shape(x.shape())?;
-        let mut out = ArrayD::<u8>::zeros(IxDyn(&shape));
+        let mut out = crate::validate::host_zeros::<u8, _>("encoder output", IxDyn(&shape))?;
         self.encode_into(x, out.view_mut())?;
         Ok(out)
     }
@@ -1017,7 +1017,7 @@ impl AngleEncoder {
     pub fn encode<D: Dimension>(&mut self, x: ArrayView<'_, f32, D>) -> Result<ArrayD<u8>> {
         let x = x.into_dyn();
         let shape = self.output_shape(x.shape())?;
-        let mut out = ArrayD::<u8>::zeros(IxDyn(&shape));
+        let mut out = crate::validate::host_zeros::<u8, _>("encoder output", IxDyn(&shape))?;
         self.encode_into(x, out.view_mut())?;
         Ok(out)
     }
@@ -1399,7 +1399,7 @@ pub fn packbits<D: Dimension>(x: ArrayView<'_, u8, D>, axis: usize) -> Result<Ar
     let n = x.shape()[axis];
     let mut shape = x.shape().to_vec();
     shape[axis] = n.div_ceil(8);
-    let mut out = ArrayD::<u8>::zeros(IxDyn(&shape));
+    let mut out = crate::validate::host_zeros::<u8, _>("encoder output", IxDyn(&shape))?;
     for (t, lane) in x.axis_iter(Axis(axis)).enumerate() {
         let mut dst = out.index_axis_mut(Axis(axis), t / 8);
         let bit = 0x80u8 >> (t % 8);
@@ -1431,7 +1431,7 @@ pub fn unpackbits<D: Dimension>(
     let mut shape = x.shape().to_vec();
     shape[axis] = count;
     product(&shape, "output")?;
-    let mut out = ArrayD::<u8>::zeros(IxDyn(&shape));
+    let mut out = crate::validate::host_zeros::<u8, _>("encoder output", IxDyn(&shape))?;
     let n_bytes = x.shape()[axis];
     for t in 0..count.min(8 * n_bytes) {
         let src = x.index_axis(Axis(axis), t / 8);

@@ -10,17 +10,19 @@ use statrs::distribution::{Continuous, ContinuousCDF, Gamma};
 use crate::error::{Error, Result};
 
 /// `numpy.linspace(start, stop, num)`: `start + k·step` with the last point set to `stop`.
-pub(crate) fn linspace(start: f64, stop: f64, num: usize) -> Array1<f64> {
-    if num == 0 {
-        return Array1::zeros(0);
-    }
+/// [`Error::HostMemory`] when `num` points cannot be allocated.
+pub(crate) fn linspace(start: f64, stop: f64, num: usize) -> Result<Array1<f64>> {
+    let mut x = crate::validate::host_zeros("linspace", ndarray::Ix1(num))?;
     if num == 1 {
-        return Array1::from_elem(1, start);
+        x[0] = start;
+    } else if num > 1 {
+        let step = (stop - start) / (num - 1) as f64;
+        for (k, v) in x.iter_mut().enumerate() {
+            *v = start + k as f64 * step;
+        }
+        x[num - 1] = stop;
     }
-    let step = (stop - start) / (num - 1) as f64;
-    let mut x = Array1::from_shape_fn(num, |k| start + k as f64 * step);
-    x[num - 1] = stop;
-    x
+    Ok(x)
 }
 
 /// The log-stretched raised-cosine basis (nemos `RaisedCosineLogEval`), for coupling filters
@@ -115,15 +117,18 @@ impl RaisedCosineLogEval {
         } else {
             1.0
         };
-        let peaks = linspace(0.0, last, n);
+        let peaks = linspace(0.0, last, n)?;
         let delta = peaks[1] - peaks[0];
         let denom = (self.time_scaling + 1.0).ln();
         let pi = std::f64::consts::PI;
-        Ok(Array2::from_shape_fn((samples.len(), n), |(s, i)| {
+        let mut out: Array2<f64> =
+            crate::validate::host_zeros("basis", ndarray::Ix2(samples.len(), n))?;
+        for ((s, i), v) in out.indexed_iter_mut() {
             let u = (self.time_scaling * samples[s] + 1.0).ln() / denom;
             let arg = (pi * (u - peaks[i]) / (delta * self.width)).clamp(-pi, pi);
-            0.5 * (arg.cos() + 1.0)
-        }))
+            *v = 0.5 * (arg.cos() + 1.0);
+        }
+        Ok(out)
     }
 
     /// The basis on `window` equally spaced samples of `[0, 1]` (nemos `evaluate_on_grid`):
@@ -140,7 +145,7 @@ impl RaisedCosineLogEval {
                 "All sample counts provided must be greater than zero.",
             ));
         }
-        let grid = linspace(0.0, 1.0, window);
+        let grid = linspace(0.0, 1.0, window)?;
         let basis = self.evaluate(grid.as_slice().unwrap_or(&grid.to_vec()))?;
         Ok((grid, basis))
     }
@@ -217,7 +222,7 @@ pub fn difference_of_gammas(
     let inhib = Gamma::new(inhib_a, inhib_b).map_err(bad)?;
     let excit = Gamma::new(excit_a, excit_b).map_err(bad)?;
     let xmax = gamma_ppf(&inhib, upper_percentile).max(gamma_ppf(&excit, upper_percentile));
-    let x = linspace(0.0, xmax, ws);
+    let x = linspace(0.0, xmax, ws)?;
     let f = x.mapv(|x| excit.pdf(x) - inhib.pdf(x));
     let norm = f.iter().map(|v| v * v).sum::<f64>().sqrt();
     Ok(f / norm)
@@ -274,7 +279,8 @@ pub fn regress_filter(
     }
     super::check_finite("coupling_filters", &coupling_filters)?;
     super::check_finite("eval_basis", &eval_basis)?;
-    let mut out = Array3::zeros((nr, ns, nb));
+    let mut out: Array3<f64> =
+        crate::validate::host_zeros("filter weights", ndarray::Ix3(nr, ns, nb))?;
     if ws == 0 || nb == 0 || nr * ns == 0 {
         return Ok(out);
     }

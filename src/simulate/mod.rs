@@ -209,9 +209,29 @@ impl SimSettings {
                 format!("must lie in (0, 1), got {}", self.train_fraction),
             ));
         }
+        // The ground truth is held whole: (trial steps, channels) GLM spikes, (trial steps,
+        // features) encoder spikes, (classes, features) patterns.
+        let steps = (self.trials as u64).saturating_mul(self.trial_steps() as u64);
+        for (name, rows, cols) in [
+            ("channels", steps, self.channels as u64),
+            ("features", steps, self.features as u64),
+            ("features", self.classes as u64, self.features as u64),
+        ] {
+            if rows.saturating_mul(cols) > MAX_TRUTH_VALUES {
+                return Err(Error::setting(
+                    name,
+                    format!(
+                        "the ground truth of {rows} × {cols} values passes the limit of {MAX_TRUTH_VALUES}: fewer trials, shorter trials or fewer {name}"
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 }
+
+/// The most values one table of the ground truth may hold (2³⁰: 4 GiB of `f32`).
+pub const MAX_TRUTH_VALUES: u64 = 1 << 30;
 
 /// Wall time of each part of a simulation, seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
