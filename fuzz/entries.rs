@@ -29,13 +29,14 @@ use neurokernels::{
 pub mod cli;
 
 /// The names of the targets, in the order of [`run`].
-pub const TARGETS: [&str; 6] = [
+pub const TARGETS: [&str; 7] = [
     "npy",
     "spikeglx_meta",
     "oebin",
     "lrr_csv",
     "cli",
     "operators",
+    "state",
 ];
 
 /// Runs target `name` on `data`.
@@ -47,8 +48,15 @@ pub fn run(name: &str, data: &[u8]) {
         "lrr_csv" => lrr_csv(data),
         "cli" => cli_args(data),
         "operators" => operators(data),
+        "state" => saved_state(data),
         other => panic!("no fuzz target `{other}`"),
     }
+}
+
+/// Arbitrary bytes restored into every operator that saves its state (and the chain): an
+/// error or a restore, never a panic.
+pub fn saved_state(data: &[u8]) {
+    let _ = neurokernels::state::fuzz_restore(data);
 }
 
 /// Reads every sample of an opened recording (and its sync word): a recording that opened

@@ -285,37 +285,87 @@ pub(crate) fn f32_pair(hi: f64, lo: f64) -> Option<[f32; 2]> {
     (h.is_finite() && l.is_finite()).then_some([h, l])
 }
 
+/// One operator of each kind that saves its state, with the settings [`fuzz_restore`] uses.
+struct FuzzOperators {
+    filter: crate::filter::BandpassFilter,
+    threshold: crate::threshold::ThresholdCrossing,
+    binning: crate::binning::BinnedActivation,
+    lrr: crate::lrr::Lrr,
+    classifier: crate::classifier::MaxRateClassifier,
+    chain: crate::chain::Chain,
+}
+
+impl FuzzOperators {
+    fn new() -> Result<Self> {
+        let engine = crate::engine::Engine::cpu();
+        Ok(FuzzOperators {
+            filter: crate::filter::BandpassFilter::new(
+                &engine,
+                crate::filter::FilterSettings::default(),
+                2e4,
+            )?,
+            threshold: crate::threshold::ThresholdCrossing::new(
+                &engine,
+                crate::threshold::ThresholdSettings::default(),
+                2e4,
+            )?,
+            binning: crate::binning::BinnedActivation::new(
+                &engine,
+                crate::binning::BinningSettings::default(),
+                2e4,
+            )?,
+            lrr: crate::lrr::Lrr::new(&engine, crate::lrr::LrrSettings::default())?,
+            classifier: crate::classifier::MaxRateClassifier::new(
+                &engine,
+                crate::classifier::ClassifierSettings::new(16, 4),
+            )?,
+            chain: crate::chain::fuzz_chain()?,
+        })
+    }
+}
+
 /// A fuzz entry: restores arbitrary `bytes` into a fresh operator of each kind that saves its
 /// state (on the CPU engine: the band-pass filter, threshold crossing and binned activation,
 /// default settings at 20 kHz; LRR, default settings; the max-rate classifier of 16 neurons
-/// and 4 classes; a chain of default settings over 4 channels). Returns `Ok` when one of them takes the bytes, else the last
-/// [`Error::State`]; it never panics, whatever the bytes.
+/// and 4 classes; a chain of default settings over 4 channels). Returns `Ok` when one of
+/// them takes the bytes, else the last [`Error::State`]; it never panics, whatever the bytes.
 pub fn fuzz_restore(bytes: &[u8]) -> Result<()> {
-    let engine = crate::engine::Engine::cpu();
-    let mut lrr = crate::lrr::Lrr::new(&engine, crate::lrr::LrrSettings::default())?;
-    let mut clf = crate::classifier::MaxRateClassifier::new(
-        &engine,
-        crate::classifier::ClassifierSettings::new(16, 4),
-    )?;
-    let mut filter =
-        crate::filter::BandpassFilter::new(&engine, crate::filter::FilterSettings::default(), 2e4)?;
-    let mut threshold = crate::threshold::ThresholdCrossing::new(
-        &engine,
-        crate::threshold::ThresholdSettings::default(),
-        2e4,
-    )?;
-    let mut binning = crate::binning::BinnedActivation::new(
-        &engine,
-        crate::binning::BinningSettings::default(),
-        2e4,
-    )?;
-    let f = filter.restore_state(bytes);
-    let t = threshold.restore_state(bytes);
-    let b = binning.restore_state(bytes);
-    let l = lrr.restore_state(bytes);
-    let c = clf.restore_state(bytes);
-    let chain = crate::chain::fuzz_chain()?.restore_state(bytes);
+    let mut op = FuzzOperators::new()?;
+    let f = op.filter.restore_state(bytes);
+    let t = op.threshold.restore_state(bytes);
+    let b = op.binning.restore_state(bytes);
+    let l = op.lrr.restore_state(bytes);
+    let c = op.classifier.restore_state(bytes);
+    let chain = op.chain.restore_state(bytes);
     f.or(t).or(b).or(l).or(c).or(chain)
+}
+
+/// Valid states that [`fuzz_restore`] takes, one per operator kind, saved mid-stream (the
+/// seeds of the `state` fuzz target's corpus).
+///
+/// # Errors
+/// Only if an operator fails on its small deterministic input (it does not).
+pub fn fuzz_seeds() -> Result<Vec<Vec<u8>>> {
+    let mut op = FuzzOperators::new()?;
+    let x = ndarray::Array2::from_shape_fn((300, 4), |(i, j)| {
+        (((i * 31 + j * 17) % 23) as f32 - 11.0) * if i % 97 == 5 { 9.0 } else { 1.0 }
+    });
+    op.filter.process(x.view())?;
+    op.threshold.process(x.view())?;
+    op.binning
+        .process_dense(x.mapv(|v| (v > 40.0) as u8 as f32).view())?;
+    op.lrr.partial_fit(x.view())?;
+    let rates = ndarray::Array2::from_shape_fn((6, 16), |(i, j)| ((i * 5 + j) % 7) as f32);
+    op.classifier.update(rates.view(), &[0, 1, 2, 3, 0, 1])?;
+    op.chain.process(x.view())?;
+    Ok(vec![
+        op.filter.save_state()?,
+        op.threshold.save_state()?,
+        op.binning.save_state()?,
+        op.lrr.save_state()?,
+        op.classifier.save_state()?,
+        op.chain.save_state()?,
+    ])
 }
 
 #[cfg(test)]

@@ -70,6 +70,40 @@ fn operators() {
     replay("operators");
 }
 
+#[test]
+fn state() {
+    replay("state");
+}
+
+/// The `state` corpus's seeds: a valid mid-stream state of each operator kind, each taken by
+/// the fuzz entry. `cargo test --test fuzz_corpus -- --ignored write_state_seeds` rewrites
+/// them (after a change of the format or of an operator's state).
+#[test]
+fn state_seeds_are_restored() {
+    let seeds = neurokernels::state::fuzz_seeds().expect("seeds");
+    assert!(seeds.len() >= 6);
+    for (i, s) in seeds.iter().enumerate() {
+        assert!(
+            neurokernels::state::fuzz_restore(s).is_ok(),
+            "seed {i} refused"
+        );
+    }
+}
+
+#[test]
+#[ignore = "writes fuzz/corpus/state/seed-*"]
+fn write_state_seeds() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/state");
+    std::fs::create_dir_all(&dir).expect("corpus directory");
+    for (i, s) in neurokernels::state::fuzz_seeds()
+        .expect("seeds")
+        .iter()
+        .enumerate()
+    {
+        std::fs::write(dir.join(format!("seed-{i}")), s).expect("write seed");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Regressions: inputs that once crashed, kept in the corpus, with the error they now give.
 
