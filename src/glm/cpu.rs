@@ -221,6 +221,24 @@ impl CpuGlm {
             .collect();
     }
 
+    /// Every trial's ring in the layout [`CpuGlm::start`] takes, `[slot][sender][function]`.
+    pub fn rings(&self) -> Vec<Vec<f64>> {
+        let (n, nb, ws) = (self.model.n, self.model.nb, self.model.ws);
+        self.rings
+            .iter()
+            .map(|src| {
+                let mut r = vec![0.0; src.len()];
+                for s in 0..ws {
+                    for j in 0..n {
+                        r[(s * n + j) * nb..(s * n + j + 1) * nb]
+                            .copy_from_slice(&src[(j * ws + s) * nb..(j * ws + s + 1) * nb]);
+                    }
+                }
+                r
+            })
+            .collect()
+    }
+
     /// Runs `job` on every trial; returns `(spikes, rates)`, `(T, B, n)`. The rings are
     /// replaced only when every trial succeeded.
     pub fn run(&mut self, job: &Job<'_>) -> Result<(Vec<f32>, Vec<f32>)> {

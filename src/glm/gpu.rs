@@ -278,6 +278,32 @@ impl GpuGlm {
         Ok(())
     }
 
+    /// Every trial's committed ring, read back and unpadded to the layout of
+    /// [`GpuGlm::start`]'s rings, `[slot][sender][function]`, widened to `f64`.
+    pub fn read_rings(&self) -> Result<Vec<Vec<f64>>> {
+        let ctx = &self.ctx;
+        let m = &*self.model;
+        let nbp = 4 * self.nbq;
+        let per_trial = m.ws * m.n * nbp;
+        let mut out = Vec::new();
+        for grp in &self.groups {
+            let buf = &grp.ring[grp.cur];
+            let bytes = (grp.trials * per_trial * 4) as u64;
+            let raw = ctx.scoped(|| ctx.submit_and_read(ctx.encoder(), &[(buf, 0, bytes)]))?;
+            let v: Vec<f32> = bytemuck::pod_collect_to_vec(&raw);
+            for t in 0..grp.trials {
+                let trial = &v[t * per_trial..(t + 1) * per_trial];
+                out.push(
+                    trial
+                        .chunks_exact(nbp)
+                        .flat_map(|c| c[..m.nb].iter().map(|&x| x as f64))
+                        .collect(),
+                );
+            }
+        }
+        Ok(out)
+    }
+
     /// The per-dispatch uniform buffer, grown to `bytes`.
     fn wins(&mut self, bytes: u64) -> Result<wgpu::Buffer> {
         let ctx = &self.ctx;

@@ -74,6 +74,7 @@ mod basis;
 mod cpu;
 mod gpu;
 pub mod sampler;
+mod state;
 
 use std::sync::Arc;
 
@@ -512,8 +513,9 @@ impl RecurrentGlm {
     /// # Errors
     /// [`Error::InvalidSetting`] before [`start`](RecurrentGlm::start); [`Error::Shape`] for
     /// a wrong rank, neuron, trial or feature count; [`Error::NonFinite`] for a NaN or
-    /// infinity in the input, or for a rate that overflows (see the module doc); device
-    /// errors. The operator is unchanged on error.
+    /// infinity in the input, or for a rate that overflows (see the module doc);
+    /// [`Error::PositionOverflow`] when the step counter would pass 2⁶³; device errors. The
+    /// operator is unchanged on error.
     pub fn run(&mut self, feedforward_input: ArrayViewD<'_, f64>) -> Result<GlmOutput> {
         self.run_inner(feedforward_input, None)
     }
@@ -602,6 +604,16 @@ impl RecurrentGlm {
         }
         check_finite("feedforward_input", &ff)?;
         let t_len = sh[0];
+        if self
+            .step
+            .checked_add(t_len as u64)
+            .is_none_or(|end| end > state::MAX_STEP)
+        {
+            return Err(Error::PositionOverflow(format!(
+                "GLM step {} + {t_len} steps passes 2⁶³",
+                self.step
+            )));
+        }
         let forced: Option<Vec<f64>> = match &history {
             None => None,
             Some(h) => {
