@@ -293,6 +293,7 @@ struct FuzzOperators {
     lrr: crate::lrr::Lrr,
     classifier: crate::classifier::MaxRateClassifier,
     chain: crate::chain::Chain,
+    glm: crate::glm::RecurrentGlm,
 }
 
 impl FuzzOperators {
@@ -320,14 +321,34 @@ impl FuzzOperators {
                 crate::classifier::ClassifierSettings::new(16, 4),
             )?,
             chain: crate::chain::fuzz_chain()?,
+            glm: fuzz_glm(&engine)?,
         })
     }
+}
+
+/// The fuzz entry's GLM: 2 neurons, window 3, 2 basis functions, 1 feature.
+fn fuzz_glm(engine: &crate::engine::Engine) -> Result<crate::glm::RecurrentGlm> {
+    let coef = ndarray::Array3::from_shape_fn((2, 2, 2), |(i, j, b)| {
+        0.1 * (i as f64 - j as f64) + 0.05 * b as f64
+    });
+    let ff = ndarray::Array2::from_elem((2, 1), 0.5);
+    let icp = ndarray::Array1::from_vec(vec![-0.5, 0.25]);
+    let basis = ndarray::Array2::from_shape_fn((3, 2), |(w, b)| 1.0 / (1 + w + b) as f64);
+    crate::glm::RecurrentGlm::new(
+        engine,
+        coef.view().into_dyn(),
+        ff.view().into_dyn(),
+        icp.view().into_dyn(),
+        basis.view().into_dyn(),
+        crate::glm::Link::Softplus,
+    )
 }
 
 /// A fuzz entry: restores arbitrary `bytes` into a fresh operator of each kind that saves its
 /// state (on the CPU engine: the band-pass filter, threshold crossing and binned activation,
 /// default settings at 20 kHz; LRR, default settings; the max-rate classifier of 16 neurons
-/// and 4 classes; a chain of default settings over 4 channels). Returns `Ok` when one of
+/// and 4 classes; a chain of default settings over 4 channels; a recurrent GLM of 2
+/// neurons, window 3). Returns `Ok` when one of
 /// them takes the bytes, else the last [`Error::State`]; it never panics, whatever the bytes.
 pub fn fuzz_restore(bytes: &[u8]) -> Result<()> {
     let mut op = FuzzOperators::new()?;
@@ -337,7 +358,8 @@ pub fn fuzz_restore(bytes: &[u8]) -> Result<()> {
     let l = op.lrr.restore_state(bytes);
     let c = op.classifier.restore_state(bytes);
     let chain = op.chain.restore_state(bytes);
-    f.or(t).or(b).or(l).or(c).or(chain)
+    let glm = op.glm.restore_state(bytes);
+    f.or(t).or(b).or(l).or(c).or(chain).or(glm)
 }
 
 /// Valid states that [`fuzz_restore`] takes, one per operator kind, saved mid-stream (the
@@ -358,6 +380,11 @@ pub fn fuzz_seeds() -> Result<Vec<Vec<u8>>> {
     let rates = ndarray::Array2::from_shape_fn((6, 16), |(i, j)| ((i * 5 + j) % 7) as f32);
     op.classifier.update(rates.view(), &[0, 1, 2, 3, 0, 1])?;
     op.chain.process(x.view())?;
+    let init = ndarray::Array2::from_elem((3, 2), 1.0);
+    op.glm
+        .start(init.view().into_dyn(), &[7, 8], crate::glm::Sampling::Poisson)?;
+    op.glm
+        .run(ndarray::Array3::from_elem((5, 2, 1), 0.3).view().into_dyn())?;
     Ok(vec![
         op.filter.save_state()?,
         op.threshold.save_state()?,
@@ -365,6 +392,7 @@ pub fn fuzz_seeds() -> Result<Vec<Vec<u8>>> {
         op.lrr.save_state()?,
         op.classifier.save_state()?,
         op.chain.save_state()?,
+        op.glm.save_state()?,
     ])
 }
 
