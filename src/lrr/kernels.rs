@@ -1,5 +1,7 @@
-//! CPU micro-kernels of LRR: blocked `f32` products on zero-padded panels, with AVX2 + FMA
-//! when the processor has them (detected at run time) and a portable version otherwise.
+//! CPU micro-kernels of LRR: blocked `f32` products on zero-padded panels, with AVX-512 (for
+//! [`syrk_block`]) or AVX2 + FMA when the processor has them (detected at run time) and a
+//! portable version otherwise. Every path sums each entry's products in the same order with
+//! fused multiply-adds, so AVX-512 and AVX2 give bit-identical results.
 //!
 //! * [`syrk_block`]: the upper block tiles of `PᵀP` for a panel `P` of [`BLOCK`] rows, summed
 //!   in `f32` registers over those rows only and then folded into an `f64` matrix. Bounding
@@ -16,6 +18,23 @@ pub(crate) const BLOCK: usize = 32;
 pub(crate) const TR: usize = 6;
 /// Columns of a register tile (two AVX vectors).
 pub(crate) const TC: usize = 16;
+
+/// Rows of an AVX-512 register tile (its columns are up to three 16-lane vectors).
+const TR512: usize = 8;
+
+/// Whether the AVX-512 kernels can run here (checked once).
+fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static OK: OnceLock<bool> = OnceLock::new();
+        *OK.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
 
 /// Whether the AVX2 + FMA kernels can run here (checked once).
 fn has_avx2_fma() -> bool {
@@ -47,7 +66,18 @@ pub(crate) fn syrk_block(panel: &[f32], ps: usize, kp: usize, k: usize, c: &mut 
     {
         return;
     }
-    let avx = has_avx2_fma();
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: AVX-512F is present; the bounds were checked above.
+        unsafe { syrk_block_avx512(panel, ps, kp, k, c) };
+        return;
+    }
+    syrk_block_narrow(panel, ps, kp, k, c, has_avx2_fma());
+}
+
+/// [`syrk_block`] in 6 × 16 tiles, AVX2 + FMA when `avx` (which must then be present),
+/// portable otherwise; bounds as checked by [`syrk_block`].
+fn syrk_block_narrow(panel: &[f32], ps: usize, kp: usize, k: usize, c: &mut [f64], avx: bool) {
     let mut i0 = 0;
     while i0 < k {
         let r = TR.min(k - i0);
@@ -102,6 +132,87 @@ fn syrk_tile_portable(
         let crow = &mut c[(i0 + q) * kp + j0..(i0 + q) * kp + j0 + TC];
         for t in 0..TC {
             crow[t] += a[t] as f64;
+        }
+    }
+}
+
+/// [`syrk_block`] on AVX-512: tiles of [`TR512`] rows by up to 48 columns (three vectors), so
+/// a 48-wide cluster's row tile is one pass over the panel. It updates the same entries as the
+/// other paths (row tiles start at multiples of 8, so a tile's rows share `⌊i/16⌋`).
+///
+/// # Safety
+/// AVX-512F must be present and the bounds of [`syrk_block`] hold.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn syrk_block_avx512(panel: &[f32], ps: usize, kp: usize, k: usize, c: &mut [f64]) {
+    let mut i0 = 0;
+    while i0 < k {
+        let r = TR512.min(k - i0);
+        let mut j0 = i0 / TC * TC;
+        while j0 < kp {
+            let nv = ((kp - j0) / TC).min(3);
+            macro_rules! tile {
+                ($($r:literal),*) => {
+                    match (r, nv) {
+                        $(
+                            ($r, 3) => syrk_tile_avx512::<$r, 3>(panel, ps, kp, i0, j0, c),
+                            ($r, 2) => syrk_tile_avx512::<$r, 2>(panel, ps, kp, i0, j0, c),
+                            ($r, _) => syrk_tile_avx512::<$r, 1>(panel, ps, kp, i0, j0, c),
+                        )*
+                        _ => {}
+                    }
+                };
+            }
+            tile!(8, 7, 6, 5, 4, 3, 2, 1);
+            j0 += nv * TC;
+        }
+        i0 += TR512;
+    }
+}
+
+/// One AVX-512 tile: rows `i0..i0 + R`, columns `j0..j0 + 16·V`, summed over [`BLOCK`] panel
+/// rows in `f32`, then added to `c` in `f64`.
+///
+/// # Safety
+/// AVX-512F must be present; `i0 + R ≤ kp`, `j0 + 16·V ≤ kp`, and `panel`, `c` as checked by
+/// [`syrk_block`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn syrk_tile_avx512<const R: usize, const V: usize>(
+    panel: &[f32],
+    ps: usize,
+    kp: usize,
+    i0: usize,
+    j0: usize,
+    c: &mut [f64],
+) {
+    use std::arch::x86_64::*;
+    let p = panel.as_ptr();
+    let mut acc = [[_mm512_setzero_ps(); V]; R];
+    for s in 0..BLOCK {
+        let row = p.add(s * ps);
+        let mut v = [_mm512_setzero_ps(); V];
+        for (h, x) in v.iter_mut().enumerate() {
+            *x = _mm512_loadu_ps(row.add(j0 + TC * h));
+        }
+        for (q, a) in acc.iter_mut().enumerate() {
+            let b = _mm512_set1_ps(*row.add(i0 + q));
+            for h in 0..V {
+                a[h] = _mm512_fmadd_ps(b, v[h], a[h]);
+            }
+        }
+    }
+    let cp = c.as_mut_ptr();
+    for (q, a) in acc.iter().enumerate() {
+        let crow = cp.add((i0 + q) * kp + j0);
+        for (h, v) in a.iter().enumerate() {
+            let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(*v));
+            let hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
+                _mm512_castps_pd(*v),
+            )));
+            let d = crow.add(TC * h);
+            _mm512_storeu_pd(d, _mm512_add_pd(_mm512_loadu_pd(d), lo));
+            _mm512_storeu_pd(d.add(8), _mm512_add_pd(_mm512_loadu_pd(d.add(8)), hi));
         }
     }
 }
@@ -316,6 +427,34 @@ mod tests {
             }
         }
         p
+    }
+
+    #[test]
+    fn syrk_paths_agree_bit_for_bit() {
+        for k in [1usize, 5, 8, 9, 16, 17, 33, 48, 50, 64] {
+            let kp = k.div_ceil(TC) * TC;
+            let ps = kp + 16;
+            let p = panel(BLOCK, ps, k, 7 + k as u32);
+            // Only the upper block tiles are defined (row tiles of 6 also write some below).
+            let tiles = |c: &[f64]| -> Vec<f64> {
+                (0..kp)
+                    .flat_map(|i| (i / TC * TC..kp).map(move |j| (i, j)))
+                    .map(|(i, j)| c[i * kp + j])
+                    .collect()
+            };
+            // Fused multiply-adds in the same order: AVX-512 and AVX2 agree exactly.
+            let mut want = vec![0.25f64; kp * kp];
+            syrk_block_narrow(&p, ps, kp, k, &mut want, has_avx2_fma());
+            let mut got = vec![0.25f64; kp * kp];
+            syrk_block(&p, ps, kp, k, &mut got);
+            assert_eq!(tiles(&got), tiles(&want), "dispatched path, k {k}");
+            // The portable path rounds each product, so it agrees within the block bound.
+            let mut port = vec![0.25f64; kp * kp];
+            syrk_block_narrow(&p, ps, kp, k, &mut port, false);
+            for (a, b) in tiles(&port).iter().zip(tiles(&want)) {
+                assert!((a - b).abs() <= 1e-5, "portable path, k {k}: {a} vs {b}");
+            }
+        }
     }
 
     #[test]

@@ -186,6 +186,11 @@ fn pseudo_inverse(a: &[f64], diag: &[f64], k: usize) -> Vec<f64> {
 mod tests {
     use super::*;
 
+    /// A well-conditioned symmetric positive definite `k × k` matrix for timing.
+    pub(super) fn spd_for_perf(k: usize) -> Vec<f64> {
+        spd(k, 1)
+    }
+
     fn spd(k: usize, seed: u64) -> Vec<f64> {
         let mut s = seed;
         let mut x = vec![0f64; 3 * k * k];
@@ -252,5 +257,43 @@ mod tests {
         let got = solve_cluster(&d, k, 0.0);
         assert!(got.pinv);
         assert!(got.w.iter().all(|v| v.is_finite()));
+    }
+}
+
+#[cfg(test)]
+mod perf {
+    use super::*;
+    use std::time::Instant;
+
+    /// `cargo test --release --lib lrr::solve::perf -- --ignored --nocapture`: one 64 × 64
+    /// cluster's solve (Gauss–Jordan is 64³ = 262 144 multiply-adds of it), best of 200.
+    #[test]
+    #[ignore]
+    fn perf_solve_64() {
+        let k = 64;
+        let c = tests::spd_for_perf(k);
+        let diag: Vec<f64> = (0..k).map(|p| c[p * k + p]).collect();
+        let best = |f: &mut dyn FnMut()| {
+            (0..200)
+                .map(|_| {
+                    let t0 = Instant::now();
+                    f();
+                    t0.elapsed().as_secs_f64()
+                })
+                .fold(f64::MAX, f64::min)
+        };
+        let solve = best(&mut || {
+            std::hint::black_box(solve_cluster(&c, k, 1e-3));
+        });
+        let elim = best(&mut || {
+            let mut a = c.clone();
+            std::hint::black_box(eliminate(&mut a, &diag, k));
+        });
+        println!(
+            "k 64: solve_cluster {:.1} µs, eliminate {:.1} µs ({:.1} G multiply-adds/s)",
+            solve * 1e6,
+            elim * 1e6,
+            (k * k * k) as f64 / elim / 1e9
+        );
     }
 }
