@@ -381,8 +381,11 @@ pub fn fuzz_seeds() -> Result<Vec<Vec<u8>>> {
     op.classifier.update(rates.view(), &[0, 1, 2, 3, 0, 1])?;
     op.chain.process(x.view())?;
     let init = ndarray::Array2::from_elem((3, 2), 1.0);
-    op.glm
-        .start(init.view().into_dyn(), &[7, 8], crate::glm::Sampling::Poisson)?;
+    op.glm.start(
+        init.view().into_dyn(),
+        &[7, 8],
+        crate::glm::Sampling::Poisson,
+    )?;
     op.glm
         .run(ndarray::Array3::from_elem((5, 2, 1), 0.3).view().into_dyn())?;
     Ok(vec![
