@@ -100,6 +100,45 @@ pub(crate) struct Split {
     pub align: usize,
 }
 
+/// Work that can be cut in two at a row boundary, for [`par_split`].
+pub(crate) trait Rows: Send + Sized {
+    /// Rows this piece holds.
+    fn rows(&self) -> usize;
+    /// The first `mid` rows and the rest.
+    fn split_rows(self, mid: usize) -> (Self, Self);
+}
+
+/// A mutable slice seen as rows of `row_len` elements (the last row may be short).
+struct SliceRows<'a, T> {
+    data: &'a mut [T],
+    row_len: usize,
+    rows: usize,
+}
+
+impl<T: Send> Rows for SliceRows<'_, T> {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn split_rows(self, mid: usize) -> (Self, Self) {
+        let (lo, hi) = self
+            .data
+            .split_at_mut((mid * self.row_len).min(self.data.len()));
+        let row_len = self.row_len;
+        (
+            SliceRows {
+                data: lo,
+                row_len,
+                rows: mid,
+            },
+            SliceRows {
+                data: hi,
+                row_len,
+                rows: self.rows - mid,
+            },
+        )
+    }
+}
+
 /// Runs `f(range, rows)` over `rows` split as `split` says, each call getting its own rows
 /// of `out`. The pieces run on the worker pool by recursive halving (`rayon::join`): the
 /// pool's threads persist, and a warm call allocates nothing.
@@ -109,49 +148,56 @@ pub(crate) fn par_rows<T: Send>(
     split: Split,
     f: &(dyn Fn(std::ops::Range<usize>, &mut [T]) + Sync),
 ) {
-    let align = split.align.max(1);
-    let parts = split.parts.min(rows.len().div_ceil(align));
-    if parts <= 1 {
-        return f(rows, out);
-    }
-    let Some(pool) = pool() else {
-        return f(rows, out);
+    let work = SliceRows {
+        data: out,
+        row_len: split.row_len,
+        rows: rows.len(),
     };
-    let split = Split {
-        parts,
-        align,
-        ..split
-    };
-    pool.install(|| halve(rows, out, split, f));
+    let first = rows.start;
+    par_split(work, split.parts, split.align, &|r, w| {
+        f(first + r.start..first + r.end, w.data)
+    });
 }
 
-/// [`par_rows`] inside the pool.
-fn halve<T: Send>(
-    rows: std::ops::Range<usize>,
-    out: &mut [T],
-    split: Split,
-    f: &(dyn Fn(std::ops::Range<usize>, &mut [T]) + Sync),
+/// Runs `f(range, piece)` over at most `parts` pieces of `work` (piece starts at multiples
+/// of `align` rows; `range` is the piece's rows within `work`), on the worker pool by
+/// recursive halving: the pool's threads persist, and a warm call allocates nothing.
+pub(crate) fn par_split<W: Rows>(
+    work: W,
+    parts: usize,
+    align: usize,
+    f: &(dyn Fn(std::ops::Range<usize>, W) + Sync),
 ) {
-    if split.parts <= 1 {
-        return f(rows, out);
+    let align = align.max(1);
+    let n = work.rows();
+    let parts = parts.min(n.div_ceil(align));
+    if parts <= 1 {
+        return f(0..n, work);
     }
-    let blocks = rows.len().div_ceil(split.align);
-    let left = split.parts / 2;
-    let mid = (rows.start + (blocks * left / split.parts) * split.align).min(rows.end);
-    let (lo, hi) = out.split_at_mut(((mid - rows.start) * split.row_len).min(out.len()));
-    let (l, r) = (
-        Split {
-            parts: left,
-            ..split
-        },
-        Split {
-            parts: split.parts - left,
-            ..split
-        },
-    );
+    let Some(pool) = pool() else {
+        return f(0..n, work);
+    };
+    pool.install(|| halve(0, work, parts, align, f));
+}
+
+/// [`par_split`] inside the pool: `work` starts at row `first` of the whole.
+fn halve<W: Rows>(
+    first: usize,
+    work: W,
+    parts: usize,
+    align: usize,
+    f: &(dyn Fn(std::ops::Range<usize>, W) + Sync),
+) {
+    let n = work.rows();
+    if parts <= 1 {
+        return f(first..first + n, work);
+    }
+    let left = parts / 2;
+    let mid = ((n.div_ceil(align) * left / parts) * align).min(n);
+    let (lo, hi) = work.split_rows(mid);
     rayon::join(
-        || halve(rows.start..mid, lo, l, f),
-        || halve(mid..rows.end, hi, r, f),
+        || halve(first, lo, left, align, f),
+        || halve(first + mid, hi, parts - left, align, f),
     );
 }
 

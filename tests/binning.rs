@@ -320,6 +320,33 @@ fn parity_many_bins_per_chunk_gpu() {
     parity_many_bins_per_chunk(Eng::Gpu);
 }
 
+/// Chunks wide and busy enough that the CPU engine splits their channels over its worker
+/// threads (4 000 bins × 37 channels per chunk, above the engine's 2¹⁷ threshold; the split
+/// falls inside, not at a multiple of the channel count);
+/// sparse input for every kernel × aggregation.
+fn parity_wide_busy_chunks(eng: Eng) {
+    each_combination(
+        |set, _, seed| {
+            let mut r = rng(seed);
+            let input = Input::random(&mut r, InputKind::Sparse, 8_001, 37, 0.05);
+            let label = format!("wide_busy seed {seed:#x} {:?}", set.kernel);
+            check_case(eng, &label, set, 1000.0, &input, &[0, 4_000, 4_001, 8_001]);
+        },
+        0.004,
+        0.001,
+        9,
+    );
+}
+
+#[test]
+fn parity_wide_busy_chunks_cpu() {
+    parity_wide_busy_chunks(Eng::Cpu);
+}
+#[test]
+fn parity_wide_busy_chunks_gpu() {
+    parity_wide_busy_chunks(Eng::Gpu);
+}
+
 /// Bins of 10⁵ samples (100 s at 1 kHz), the longest the GPU bound covers; a chunk ends one
 /// sample short of an edge and a 1-sample chunk completes the bin.
 fn parity_long_bins(eng: Eng) {

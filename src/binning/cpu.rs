@@ -1,6 +1,8 @@
 //! The CPU engine of binned kernel activation: `f64` state, one rounding at the output.
 
-use ndarray::{Array2, ArrayView2};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis};
+
+use crate::engine::{par_split, worker_threads, Rows};
 
 use super::{Aggregation, Buckets, ChannelStates, DenseSample, JumpTable, Params, Plan, Segment};
 
@@ -20,19 +22,24 @@ pub(crate) struct CpuState {
     /// Cumulative event count since the stream began (Count + Last without scale_by_value).
     cum_n: Vec<u64>,
     /// What the dense path reuses from chunk to chunk (not stream state).
-    scratch: DenseScratch,
+    scratch: ChunkScratch,
 }
 
-/// The dense path's buffers: a snapshot of the state to roll back to, and per-channel
-/// partials; kept so a warm stream allocates nothing per chunk.
+/// Buffers reused from chunk to chunk so a warm stream allocates nothing: the dense path's
+/// snapshot of the state to roll back to and per-channel partials, and the sparse
+/// Exponential + Last path's segment tables.
 #[derive(Debug, Clone, Default)]
-struct DenseScratch {
+struct ChunkScratch {
     /// `e, a, psum, pmax, cum` of the snapshot, one after another.
     f: Vec<f64>,
     cum_n: Vec<u64>,
     sum: Vec<f64>,
     max: Vec<f64>,
     counts: Vec<u32>,
+    /// The sparse Exponential + Last path's segment of each sample of the chunk, and
+    /// `d^len` of each segment.
+    seg_of: Vec<u32>,
+    seg_pow: Vec<f64>,
 }
 
 impl CpuState {
@@ -45,12 +52,14 @@ impl CpuState {
                 pmax: vec![f64::NEG_INFINITY; n],
                 cum: vec![0.0; n],
                 cum_n: vec![0; n],
-                scratch: DenseScratch {
+                scratch: ChunkScratch {
                     f: vec![0.0; 5 * n],
                     cum_n: vec![0; n],
                     sum: vec![0.0; n],
                     max: vec![0.0; n],
                     counts: vec![0; n],
+                    seg_of: Vec::new(),
+                    seg_pow: Vec::new(),
                 },
             };
         }
@@ -145,7 +154,7 @@ pub(crate) fn dense<T: DenseSample>(
     let data = chunk.as_standard_layout();
     let rows = data.as_slice().unwrap_or(&[]);
     let mut scratch = std::mem::take(&mut st.scratch);
-    let DenseScratch {
+    let ChunkScratch {
         sum, max, counts, ..
     } = &mut scratch;
     let d = jt.d;
@@ -295,38 +304,40 @@ fn finish_segment(
     }
 }
 
-/// A run of `l ≥ 1` samples without events from pre-state `(e, a)`: returns the run's
-/// activation sum and max, and advances the state.
-pub(crate) fn stretch(p: &Params, jt: &JumpTable, e: &mut f64, a: &mut f64, l: u64) -> (f64, f64) {
-    if p.kind == 0 || l == 0 {
+/// A run of `l` samples without events from pre-state `(e, a)`: returns the run's activation
+/// sum (when `SUM`) and max (when `MAX`), and advances the state. `KIND` is the kernel
+/// (0 Count, 1 Exponential, 2 Alpha); only what the aggregation needs is computed (Last
+/// needs just `d^L`).
+#[inline(always)]
+fn stretch<const KIND: u32, const SUM: bool, const MAX: bool>(
+    jt: &JumpTable,
+    e: &mut f64,
+    a: &mut f64,
+    l: u64,
+) -> (f64, f64) {
+    if KIND == 0 || l == 0 {
         return (0.0, if l == 0 { f64::NEG_INFINITY } else { 0.0 });
     }
     let it = jt.inv_tau;
-    let (need_sum, need_max) = match p.agg {
-        Aggregation::Sum | Aggregation::Mean => (true, false),
-        Aggregation::Max => (false, true),
-        Aggregation::Last => (false, false),
-    };
-    // Only the aggregation asked for is computed: Last needs just `d^L`.
-    let [dl, g, h] = if need_sum {
+    let [dl, g, h] = if SUM {
         jt.jump(l)
     } else {
         [jt.pow(l), 0.0, 0.0]
     };
     let (mut sum, mut max) = (0.0, f64::NEG_INFINITY);
-    if p.kind == 1 {
-        if need_sum {
+    if KIND == 1 {
+        if SUM {
             sum = *e * g;
         }
-        if need_max {
+        if MAX {
             max = e.max(*e * jt.pow(l - 1));
         }
         *e *= dl;
     } else {
-        if need_sum {
+        if SUM {
             sum = *a * g + *e * it * h;
         }
-        if need_max {
+        if MAX {
             let f = |i: u64| jt.pow(i) * (*a + i as f64 * *e * it);
             let mut m = f(0).max(f(l - 1));
             if *e != 0.0 {
@@ -343,7 +354,60 @@ pub(crate) fn stretch(p: &Params, jt: &JumpTable, e: &mut f64, a: &mut f64, l: u
     (sum, max)
 }
 
-/// Sparse input: per channel, jumps between events — `O(events + bins)`.
+/// Sparse work below which a chunk stays on one thread (events plus bin outputs): waking a
+/// second thread costs more than it saves on a 1 s × 384-channel chunk here.
+const SPARSE_PAR_WORK: usize = 1 << 17;
+
+/// A range of channels' stream state and output columns, for the channel-parallel sparse
+/// path.
+struct SparseLanes<'a> {
+    e: &'a mut [f64],
+    a: &'a mut [f64],
+    psum: &'a mut [f64],
+    pmax: &'a mut [f64],
+    cum: &'a mut [f64],
+    cum_n: &'a mut [u64],
+    out: ArrayViewMut2<'a, f32>,
+}
+
+impl Rows for SparseLanes<'_> {
+    fn rows(&self) -> usize {
+        self.e.len()
+    }
+    fn split_rows(self, mid: usize) -> (Self, Self) {
+        let (e0, e1) = self.e.split_at_mut(mid);
+        let (a0, a1) = self.a.split_at_mut(mid);
+        let (s0, s1) = self.psum.split_at_mut(mid);
+        let (m0, m1) = self.pmax.split_at_mut(mid);
+        let (c0, c1) = self.cum.split_at_mut(mid);
+        let (n0, n1) = self.cum_n.split_at_mut(mid);
+        let (o0, o1) = self.out.split_at(Axis(1), mid);
+        (
+            SparseLanes {
+                e: e0,
+                a: a0,
+                psum: s0,
+                pmax: m0,
+                cum: c0,
+                cum_n: n0,
+                out: o0,
+            },
+            SparseLanes {
+                e: e1,
+                a: a1,
+                psum: s1,
+                pmax: m1,
+                cum: c1,
+                cum_n: n1,
+                out: o1,
+            },
+        )
+    }
+}
+
+/// Sparse input: per channel, jumps between events — `O(events + bins)`; channels split
+/// over the worker threads when the chunk is large (each channel's arithmetic is the same
+/// whatever the split).
 pub(crate) fn sparse(
     st: &mut CpuState,
     p: &Params,
@@ -354,13 +418,61 @@ pub(crate) fn sparse(
 ) {
     let nc = out.ncols();
     st.ensure(nc);
-    for c in 0..nc {
+    let work = b.rel.len() + plan.n_bins * nc;
+    let parts = if work >= SPARSE_PAR_WORK {
+        worker_threads()
+    } else {
+        1
+    };
+    let lanes = SparseLanes {
+        e: &mut st.e,
+        a: &mut st.a,
+        psum: &mut st.psum,
+        pmax: &mut st.pmax,
+        cum: &mut st.cum,
+        cum_n: &mut st.cum_n,
+        out: out.view_mut(),
+    };
+    if p.kind == 1 && p.agg == Aggregation::Last && exp_last_table_pays(plan, b, nc) {
+        return sparse_exp_last(&mut st.scratch, lanes, p, jt, plan, b, parts);
+    }
+    let run: fn(&Params, &JumpTable, &Plan, &Buckets, usize, SparseLanes<'_>) =
+        match (p.kind, p.agg) {
+            (0, Aggregation::Last) => sparse_lanes::<0, false, false>,
+            (0, Aggregation::Max) => sparse_lanes::<0, false, true>,
+            (0, _) => sparse_lanes::<0, true, false>,
+            (1, Aggregation::Last) => sparse_lanes::<1, false, false>,
+            (1, Aggregation::Max) => sparse_lanes::<1, false, true>,
+            (1, _) => sparse_lanes::<1, true, false>,
+            (_, Aggregation::Last) => sparse_lanes::<2, false, false>,
+            (_, Aggregation::Max) => sparse_lanes::<2, false, true>,
+            (_, _) => sparse_lanes::<2, true, false>,
+        };
+    par_split(lanes, parts, 8, &|range, l| {
+        run(p, jt, plan, b, range.start, l)
+    });
+}
+
+/// [`sparse`] for the channels `c0..` of `l`, the kernel and aggregation fixed at compile
+/// time.
+fn sparse_lanes<const KIND: u32, const SUM: bool, const MAX: bool>(
+    p: &Params,
+    jt: &JumpTable,
+    plan: &Plan,
+    b: &Buckets,
+    c0: usize,
+    mut l: SparseLanes<'_>,
+) {
+    for j in 0..l.e.len() {
+        let c = c0 + j;
         let ev = b.offsets[c]..b.offsets[c + 1];
         let (rel, val) = (&b.rel[ev.clone()], &b.value[ev]);
+        let (mut e, mut a) = (l.e[j], l.a[j]);
+        let (mut cum, mut cum_n) = (l.cum[j], l.cum_n[j]);
         let mut i = 0;
         for seg in &plan.segments {
             let (mut sum, mut max) = if seg.continues {
-                (st.psum[c], st.pmax[c])
+                (l.psum[j], l.pmax[j])
             } else {
                 (0.0, f64::NEG_INFINITY)
             };
@@ -374,34 +486,116 @@ pub(crate) fn sparse(
                     n += 1;
                     i += 1;
                 }
-                let (s, m) = stretch(p, jt, &mut st.e[c], &mut st.a[c], t - cur);
-                sum += s;
-                max = max.max(m);
-                if p.kind == 0 {
+                let (s, m) = stretch::<KIND, SUM, MAX>(jt, &mut e, &mut a, t - cur);
+                if SUM {
+                    sum += s;
+                }
+                if MAX {
+                    max = max.max(m);
+                }
+                if KIND == 0 {
                     sum += w;
                     max = max.max(w);
-                    st.cum[c] += w;
-                    st.cum_n[c] += n;
+                    cum += w;
+                    cum_n += n;
                     cur = t + 1;
                 } else {
-                    st.e[c] += w;
+                    e += w;
                     cur = t;
                 }
             }
-            let (s, m) = stretch(p, jt, &mut st.e[c], &mut st.a[c], seg.end - cur);
-            sum += s;
-            max = max.max(m);
+            let (s, m) = stretch::<KIND, SUM, MAX>(jt, &mut e, &mut a, seg.end - cur);
+            if SUM {
+                sum += s;
+            }
+            if MAX {
+                max = max.max(m);
+            }
             match seg.row {
                 Some(r) => {
-                    out[[r, c]] = st.output(p, seg, c, sum, max);
-                    st.psum[c] = 0.0;
-                    st.pmax[c] = f64::NEG_INFINITY;
+                    let raw = match p.agg {
+                        Aggregation::Sum | Aggregation::Mean => sum,
+                        Aggregation::Max => max,
+                        Aggregation::Last => match KIND {
+                            0 if p.scale_by_value => cum,
+                            0 => cum_n as f64,
+                            1 => e,
+                            _ => a,
+                        },
+                    };
+                    l.out[[r, j]] = (raw * seg.out_scale) as f32;
+                    l.psum[j] = 0.0;
+                    l.pmax[j] = f64::NEG_INFINITY;
                 }
                 None => {
-                    st.psum[c] = sum;
-                    st.pmax[c] = max;
+                    l.psum[j] = sum;
+                    l.pmax[j] = max;
                 }
             }
         }
+        (l.e[j], l.a[j], l.cum[j], l.cum_n[j]) = (e, a, cum, cum_n);
     }
+}
+
+/// Whether a per-sample segment table (one entry per sample of the chunk) costs less than
+/// the work it serves.
+fn exp_last_table_pays(plan: &Plan, b: &Buckets, nc: usize) -> bool {
+    let samples = plan.segments.last().map_or(0, |s| s.end) as usize;
+    samples <= 4 * (b.rel.len() + plan.segments.len() * nc)
+        && plan.segments.len() < u32::MAX as usize
+}
+
+/// Exponential + Last without branches on the data: with `d^len` of each segment shared by
+/// all channels, a channel's activation at each segment's end is
+/// `e_end = e_start·d^len + Σ_events w·d^(end − t)`. The events' sums are scattered into
+/// their segments (found through a per-sample table), then one pass over the segments
+/// carries the state. Each term is one rounding of a table power and a product, so the
+/// result differs from the event-by-event recurrence by a few `f64` ulps.
+fn sparse_exp_last(
+    sc: &mut ChunkScratch,
+    lanes: SparseLanes<'_>,
+    p: &Params,
+    jt: &JumpTable,
+    plan: &Plan,
+    b: &Buckets,
+    parts: usize,
+) {
+    sc.seg_of.clear();
+    sc.seg_pow.clear();
+    for (k, seg) in plan.segments.iter().enumerate() {
+        sc.seg_of.extend(std::iter::repeat_n(
+            k as u32,
+            (seg.end - seg.start) as usize,
+        ));
+        sc.seg_pow.push(jt.pow(seg.end - seg.start));
+    }
+    let (seg_of, seg_pow) = (&sc.seg_of, &sc.seg_pow);
+    par_split(lanes, parts, 8, &|range, mut l| {
+        SEGMENT_SUMS.with_borrow_mut(|acc| {
+            for j in 0..l.e.len() {
+                let c = range.start + j;
+                let ev = b.offsets[c]..b.offsets[c + 1];
+                acc.clear();
+                acc.resize(plan.segments.len(), 0.0);
+                for (&t, &v) in b.rel[ev.clone()].iter().zip(&b.value[ev]) {
+                    let k = seg_of[t as usize] as usize;
+                    let w = if p.scale_by_value { v as f64 } else { 1.0 } * p.wscale;
+                    acc[k] += w * jt.pow(plan.segments[k].end - t as u64);
+                }
+                let mut e = l.e[j];
+                for ((seg, &dl), &s) in plan.segments.iter().zip(seg_pow).zip(acc.iter()) {
+                    e = e * dl + s;
+                    if let Some(r) = seg.row {
+                        l.out[[r, j]] = (e * seg.out_scale) as f32;
+                    }
+                }
+                l.e[j] = e;
+            }
+        })
+    });
+}
+
+thread_local! {
+    /// Per-thread sums of a channel's events per segment (reused from chunk to chunk).
+    static SEGMENT_SUMS: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
 }

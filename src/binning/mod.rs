@@ -306,7 +306,7 @@ struct Scratch {
     segments: Vec<Segment>,
     buckets: Buckets,
     fill: Vec<usize>,
-    order: Vec<usize>,
+    pairs: Vec<(u32, f32)>,
 }
 
 #[derive(Debug)]
@@ -872,7 +872,7 @@ impl BinnedActivation {
             start,
             &mut sc.buckets,
             &mut sc.fill,
-            &mut sc.order,
+            &mut sc.pairs,
         );
         match &mut self.engine {
             EngineState::Cpu(s) => {
@@ -964,7 +964,7 @@ pub(crate) fn bucket_events(
     chunk_start: u64,
     out: &mut Buckets,
     fill: &mut Vec<usize>,
-    order: &mut Vec<usize>,
+    pairs: &mut Vec<(u32, f32)>,
 ) {
     let offsets = &mut out.offsets;
     offsets.clear();
@@ -977,24 +977,38 @@ pub(crate) fn bucket_events(
     }
     fill.clear();
     fill.extend_from_slice(offsets);
-    order.clear();
-    order.resize(events.len(), 0);
-    for (i, e) in events.iter().enumerate() {
-        let c = e.channel as usize;
-        order[fill[c]] = i;
-        fill[c] += 1;
-    }
-    for c in 0..n_channels {
-        order[offsets[c]..offsets[c + 1]].sort_by_key(|&i| events[i].sample);
-    }
     out.rel.clear();
-    out.rel.extend(
-        order
-            .iter()
-            .map(|&i| (events[i].sample - chunk_start) as u32),
-    );
+    out.rel.resize(events.len(), 0);
     out.value.clear();
-    out.value.extend(order.iter().map(|&i| events[i].value));
+    out.value.resize(events.len(), 0.0);
+    for e in events {
+        let k = &mut fill[e.channel as usize];
+        out.rel[*k] = (e.sample - chunk_start) as u32;
+        out.value[*k] = e.value;
+        *k += 1;
+    }
+    // Events usually arrive in time order; then every channel's run already is. Otherwise
+    // the run is sorted stably (equal samples keep their order).
+    for c in 0..n_channels {
+        let run = offsets[c]..offsets[c + 1];
+        if !out.rel[run.clone()].is_sorted() {
+            pairs.clear();
+            pairs.extend(
+                out.rel[run.clone()]
+                    .iter()
+                    .zip(&out.value[run.clone()])
+                    .map(|(&t, &v)| (t, v)),
+            );
+            pairs.sort_by_key(|&(t, _)| t);
+            for ((t, v), &(pt, pv)) in out.rel[run.clone()]
+                .iter_mut()
+                .zip(&mut out.value[run])
+                .zip(pairs.iter())
+            {
+                (*t, *v) = (pt, pv);
+            }
+        }
+    }
 }
 
 /// Makes `a` a zeroed `shape` array, reusing its allocation where it is large enough.
