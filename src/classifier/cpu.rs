@@ -11,7 +11,6 @@
 //!   (L1-resident) slice of each row, four rows at a time sharing the index loads.
 
 use std::cmp::Ordering;
-use std::sync::OnceLock;
 
 use super::{locate_non_finite, Batch, UpdatePlan};
 use crate::error::{Error, Result};
@@ -42,13 +41,7 @@ impl Input for f64 {
 }
 
 fn threads() -> usize {
-    static T: OnceLock<usize> = OnceLock::new();
-    *T.get_or_init(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .clamp(1, 16)
-    })
+    crate::engine::worker_threads()
 }
 
 /// Splits `out` into at most `parts` pieces at multiples of `unit` elements and runs `f(first

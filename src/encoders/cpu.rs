@@ -143,7 +143,7 @@ fn rate_part(
 
 /// Worker threads for `work` units of roughly equal cost (1 below ~1M units).
 fn threads_for(work: usize, outer: usize) -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = crate::engine::worker_threads();
     (work / (1 << 20)).clamp(1, cores).min(outer.max(1))
 }
 

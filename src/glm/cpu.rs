@@ -259,10 +259,7 @@ impl CpuGlm {
         let mut per_trial: Vec<(Vec<f32>, Vec<f32>, Bad)> = (0..b)
             .map(|_| (vec![0.0; t_len * n], vec![0.0; t_len * n], None))
             .collect();
-        let workers = std::thread::available_parallelism()
-            .map_or(1, |w| w.get())
-            .min(b)
-            .max(1);
+        let workers = crate::engine::worker_threads().min(b).max(1);
         if workers == 1 {
             for (k, (ring, out)) in rings.iter_mut().zip(per_trial.iter_mut()).enumerate() {
                 out.2 = run_trial(m, ring, job, k, &mut out.0, &mut out.1);
