@@ -220,11 +220,13 @@ fn rows() -> Vec<Row> {
                     AtMost(50e-6),
                     "≤ 50 µs",
                     "re-solving eight 64 × 64 ridge inverses in f64 (2.1 M multiply-adds) every \
-                     chunk: the Gauss–Jordan elimination runs at ~9 G multiply-adds/s per core \
-                     (rank-1 updates, bound by L1 stores), 44 µs per cluster; this CPU's f64 \
-                     peak (60 G/s per core, measured) puts the floor near 35 µs on one core. A \
-                     register-blocked (rank-4) elimination on both cores would close it; \
-                     `update_every` (the next cell) amortises the solve.",
+                     chunk: one cluster's Gauss–Jordan elimination takes 28 µs (~10 G \
+                     multiply-adds/s per core), its solve 40 µs; a blocked elimination (four \
+                     pivots per pass) measured 27 µs — at 64 × 64 the per-row overheads, not \
+                     the arithmetic, dominate. Even at the f64 peak (60 G/s per core, \
+                     measured) the solves alone take ~18 µs of both cores; a symmetric \
+                     (half-work) elimination and a tighter kernel might reach ~100 µs. \
+                     `update_every` (the next cell) amortises the solve and meets the target.",
                 ),
                 cell(
                     "CPU, weights re-solved every 30 000 samples (p50)",

@@ -58,10 +58,23 @@ pub const GLM: Shader = Shader {
     ),
 };
 
-/// Causal IIR filter in second-order sections (SPEC §7, "Filter").
+/// Causal IIR filter in second-order sections (SPEC §7, "Filter"), in double-single `f32`
+/// arithmetic (every device).
 pub const FILTER: Shader = Shader {
     name: "filter",
-    source: include_str!("../shaders/filter.wgsl"),
+    source: concat!(
+        include_str!("../shaders/filter_ds.wgsl"),
+        include_str!("../shaders/filter.wgsl")
+    ),
+};
+
+/// The same filter in native `f64`, for devices with `SHADER_F64`.
+pub const FILTER_F64: Shader = Shader {
+    name: "filter_f64",
+    source: concat!(
+        include_str!("../shaders/filter_f64.wgsl"),
+        include_str!("../shaders/filter.wgsl")
+    ),
 };
 
 /// Common-average reference (SPEC §7, "Reference").
@@ -80,19 +93,27 @@ pub const SYNTH: Shader = Shader {
     ),
 };
 
-/// Every shader of the crate, for validation.
+/// Shaders that need `f64` (used only where the device has it), for validation.
+pub const NEEDS_F64: &[Shader] = &[FILTER_F64];
+
+/// Every shader of the crate that runs on any device, for validation.
 pub const ALL: &[Shader] = &[
     BINNING, THRESHOLD, PHILOX, ENCODERS, CLASSIFIER, LRR, GLM, FILTER, REFERENCE, SYNTH,
 ];
 
 #[cfg(test)]
 mod tests {
-    use super::{Shader, ALL};
+    use super::{Shader, ALL, NEEDS_F64};
     use naga::valid::{Capabilities, ValidationFlags, Validator};
 
     /// Parses and validates `shader` with naga and no optional capability; the error names
     /// the shader and carries naga's rendered diagnostic.
     fn check(shader: &Shader) -> Result<(), String> {
+        check_with(shader, Capabilities::empty())
+    }
+
+    /// [`check`] with the capabilities `caps`.
+    fn check_with(shader: &Shader, caps: Capabilities) -> Result<(), String> {
         let path = format!("shaders/{}.wgsl", shader.name);
         let module = naga::front::wgsl::parse_str(shader.source).map_err(|e| {
             format!(
@@ -101,11 +122,11 @@ mod tests {
                 e.emit_to_string_with_path(shader.source, &path)
             )
         })?;
-        Validator::new(ValidationFlags::all(), Capabilities::empty())
+        Validator::new(ValidationFlags::all(), caps)
             .validate(&module)
             .map_err(|e| {
                 format!(
-                    "shader `{}` does not validate (with Capabilities::empty()):\n{}",
+                    "shader `{}` does not validate (with {caps:?}):\n{}",
                     shader.name,
                     e.emit_to_string_with_path(shader.source, &path)
                 )
@@ -119,6 +140,19 @@ mod tests {
     fn every_shader_parses_and_validates_without_capabilities() {
         let failures: Vec<String> = ALL.iter().filter_map(|s| check(s).err()).collect();
         assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    }
+
+    /// The `f64` shaders validate with `FLOAT64` and are refused without it (they are only
+    /// built where the device has `SHADER_F64`).
+    #[test]
+    fn f64_shaders_validate_with_float64_only() {
+        for s in NEEDS_F64 {
+            if let Err(e) = check_with(s, Capabilities::FLOAT64) {
+                panic!("{e}");
+            }
+            let err = check(s).expect_err("an f64 shader validated without FLOAT64");
+            assert!(err.contains("FLOAT64"), "{err}");
+        }
     }
 
     /// The check itself catches what it is for: syntax errors and `f64`, with the shader named.
@@ -143,7 +177,7 @@ mod tests {
     /// Shader names are unique: the pipeline cache is keyed by them.
     #[test]
     fn shader_names_are_unique() {
-        let mut names: Vec<&str> = ALL.iter().map(|s| s.name).collect();
+        let mut names: Vec<&str> = ALL.iter().chain(NEEDS_F64).map(|s| s.name).collect();
         names.sort_unstable();
         let before = names.len();
         names.dedup();

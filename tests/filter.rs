@@ -616,3 +616,47 @@ fn strided_input_equals_contiguous() {
         );
     }
 }
+
+/// The GPU filter's two arithmetics — native `f64` (where the device has it) and
+/// double-single `f32` — each stay within the tight bound of the `f64` truth, and a state
+/// saved by one resumes in the other within it.
+#[test]
+fn gpu_arithmetics_agree_and_exchange_state() {
+    let fs = 30_000.0;
+    let x = lfp_like(3001, 7, fs, 23);
+    let sos = butter_sos(3, 300.0, 6000.0, fs).expect("design");
+    let want = truth(&sos, x.view());
+    let tol = TIGHT * rms(x.view());
+    let open = |f64_kernels| {
+        let opts = neurokernels::GpuOptions {
+            f64_kernels: Some(f64_kernels),
+            ..neurokernels::GpuOptions::software_ok()
+        };
+        match Engine::gpu(&opts) {
+            Ok(e) => e,
+            Err(e) => panic!("no GPU adapter: {e}"),
+        }
+    };
+    let (wide, ds) = (open(true), open(false));
+    if let (Engine::Gpu(w), Engine::Gpu(d)) = (&wide, &ds) {
+        assert_eq!(w.uses_f64_kernels(), w.has_f64());
+        assert!(!d.uses_f64_kernels());
+    }
+    let new = |e: &Engine| BandpassFilter::new(e, FilterSettings::default(), fs).expect("filter");
+    for e in [&wide, &ds] {
+        let y = stream(&mut new(e), x.view(), &[1234, 1767]);
+        let d = max_err(y.view(), want.view());
+        assert!(d <= tol, "{}: {d:e} > {tol:e}", e.describe());
+    }
+    for (from, to) in [(&wide, &ds), (&ds, &wide)] {
+        let mut a = new(from);
+        let head = a.process(x.slice(s![..1234, ..])).expect("head");
+        let mut b = new(to);
+        b.restore_state(&a.save_state().expect("save"))
+            .expect("restore");
+        let tail = b.process(x.slice(s![1234.., ..])).expect("tail");
+        let y = ndarray::concatenate(Axis(0), &[head.view(), tail.view()]).expect("concat");
+        let d = max_err(y.view(), want.view());
+        assert!(d <= tol, "resumed across arithmetics: {d:e} > {tol:e}");
+    }
+}

@@ -1,5 +1,6 @@
 //! GPU half of the filter: buffers, dispatch and read-back around `shaders/filter.wgsl`
-//! (entry `sosfilt`).
+//! (entry `sosfilt`), built with its `f64` arithmetic where the context uses `f64` kernels,
+//! else with double-single `f32`.
 //!
 //! Per chunk: one uniform write, one encoder, one dispatch per piece of at most 16 384 rows
 //! (the loop bound of software adapters; a single piece for chunks up to 0.5 s at 30 kHz),
@@ -19,7 +20,7 @@ use crate::gpu::{
     rows_too_wide, submit_pass, write_padded, Binding, GpuContext, GrowBuffer, ParamsBuffer,
     SameShapeKernel, TrackedBuffer,
 };
-use crate::shaders::FILTER;
+use crate::shaders::{FILTER, FILTER_F64};
 
 /// Invocations per workgroup (one per channel).
 const WG_SIZE: u32 = 64;
@@ -35,7 +36,7 @@ const LAYOUT: [Binding; 7] = [
     Binding::ReadWrite,
 ];
 
-/// Bytes of one (section, channel) state: `vec4<f32>`.
+/// Bytes of one (section, channel) state: `vec4<f32>` (double-single) or `vec2<f64>`.
 const STATE_BYTES: u64 = 16;
 
 /// Most rows one dispatch walks: the kernel's only loop runs once per row (the sections are
@@ -59,6 +60,8 @@ struct DispatchParams {
 pub(crate) struct GpuFilter {
     ctx: Arc<GpuContext>,
     pipeline: wgpu::ComputePipeline,
+    /// Native `f64` arithmetic (`shaders/filter_f64.wgsl`) rather than double-single.
+    f64: bool,
     n_sections: usize,
     coeffs: TrackedBuffer,
     /// State buffers; `states[committed]` is the accepted state.
@@ -117,22 +120,29 @@ impl GpuFilter {
     }
 
     pub(crate) fn new(ctx: &Arc<GpuContext>, sos: &[Coeffs]) -> Result<Self> {
+        let f64 = ctx.uses_f64_kernels();
         let pipeline = ctx.pipeline(
-            &FILTER,
+            if f64 { &FILTER_F64 } else { &FILTER },
             "sosfilt",
             &[("WG_SIZE", WG_SIZE as f64), ("NS", sos.len() as f64)],
             &LAYOUT,
         )?;
-        let pairs: Vec<[f32; 4]> = sos.iter().flat_map(|s| s.map(split)).collect();
+        let coeff_bytes: Vec<u8> = if f64 {
+            bytemuck::cast_slice(&sos.iter().flatten().copied().collect::<Vec<f64>>()).to_vec()
+        } else {
+            let pairs: Vec<[f32; 4]> = sos.iter().flat_map(|s| s.map(split)).collect();
+            bytemuck::cast_slice(&pairs).to_vec()
+        };
         let (coeffs, status) = ctx.scoped(|| {
-            let coeffs = ctx.storage(pairs.len() as u64 * 16, "neurokernels.filter.coeffs")?;
-            write_padded(ctx, &coeffs, 0, bytemuck::cast_slice(&pairs));
+            let coeffs = ctx.storage(coeff_bytes.len() as u64, "neurokernels.filter.coeffs")?;
+            write_padded(ctx, &coeffs, 0, &coeff_bytes);
             let status = ctx.storage(16, "neurokernels.filter.status")?;
             Ok((coeffs, status))
         })?;
         Ok(GpuFilter {
             ctx: ctx.clone(),
             pipeline,
+            f64,
             n_sections: sos.len(),
             coeffs,
             states: Vec::new(),
@@ -150,9 +160,10 @@ impl GpuFilter {
         self.init_for = None;
     }
 
-    /// The committed state of `nc` channels, read back: `(z₁ hi, z₁ lo, z₂ hi, z₂ lo)` per
-    /// (section, channel), section-major (zeros when the state is not sized for `nc`).
-    pub(crate) fn read_state(&self, nc: usize) -> Result<Vec<f32>> {
+    /// The committed state of `nc` channels, read back as `(z₁ hi, z₁ lo, z₂ hi, z₂ lo)` per
+    /// (section, channel), section-major (zeros when the state is not sized for `nc`): the
+    /// double-single pairs as they are, or the `f64` values with `lo = −0`.
+    pub(crate) fn read_state(&self, nc: usize) -> Result<Vec<f64>> {
         let n = self.n_sections * nc * 4;
         if self.init_for != Some(nc) {
             return Ok(vec![0.0; n]);
@@ -164,20 +175,38 @@ impl GpuFilter {
                 &[(&self.states[self.committed], 0, n as u64 * 4)],
             )
         })?;
-        Ok(bytemuck::pod_collect_to_vec(&bytes))
+        Ok(if self.f64 {
+            let z: Vec<f64> = bytemuck::pod_collect_to_vec(&bytes);
+            z.into_iter().flat_map(|v| [v, -0.0]).collect()
+        } else {
+            let ds: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
+            ds.into_iter().map(f64::from).collect()
+        })
     }
 
-    /// Makes `state` (the layout of [`GpuFilter::read_state`], checked by the caller) the
-    /// committed state for `nc` channels. Checks the size against the adapter before
-    /// changing anything.
-    pub(crate) fn write_state(&mut self, nc: usize, state: &[f32]) -> Result<()> {
+    /// Makes `pairs` (the layout of [`GpuFilter::read_state`], finite, checked by the caller)
+    /// the committed state for `nc` channels: each value `hi + lo`, rounded to a pair of
+    /// `f32` for the double-single arithmetic. Checks the size against the adapter and the
+    /// values against `f32`'s range before changing anything.
+    pub(crate) fn write_state(&mut self, nc: usize, pairs: &[f64]) -> Result<()> {
+        let bytes: Vec<u8> = if self.f64 {
+            let z: Vec<f64> = pairs.chunks_exact(2).map(|p| p[0] + p[1]).collect();
+            bytemuck::cast_slice(&z).to_vec()
+        } else {
+            let mut ds = Vec::with_capacity(pairs.len());
+            for p in pairs.chunks_exact(2) {
+                let Some(hl) = crate::state::f32_pair(p[0], p[1]) else {
+                    return Err(Error::State(format!(
+                        "filter state value {} does not fit the GPU's f32 pairs",
+                        p[0] + p[1]
+                    )));
+                };
+                ds.extend(hl);
+            }
+            bytemuck::cast_slice(&ds).to_vec()
+        };
         self.init(nc)?;
-        write_padded(
-            &self.ctx,
-            &self.states[self.committed],
-            0,
-            bytemuck::cast_slice(state),
-        );
+        write_padded(&self.ctx, &self.states[self.committed], 0, &bytes);
         Ok(())
     }
 

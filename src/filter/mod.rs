@@ -38,7 +38,11 @@
 //!   lockstep across channels. Its output is a sequential `f64` `sosfilt` rounded once to
 //!   `f32`, and is bit-identical across chunkings.
 //! * GPU (`gpu.rs`, `shaders/filter.wgsl`): one invocation per channel runs the cascade over
-//!   the chunk's rows with `f32` arithmetic only (portable to GL), in double-single form:
+//!   the chunk's rows in one of two arithmetics. Where the device has `SHADER_F64` and
+//!   [`crate::GpuOptions::f64_kernels`] asks for it (by default on CPU adapters such as
+//!   lavapipe, where it halves the cost), in native `f64` (`shaders/filter_f64.wgsl`): the
+//!   CPU engine's recurrence, state kept in `f64`. Otherwise with `f32` arithmetic only
+//!   (portable to GL and Metal; `shaders/filter_ds.wgsl`), in double-single form:
 //!   each coefficient, each section's state and each section's output is an unevaluated sum
 //!   of two `f32` (`hi + lo`, about 48 significant bits), with error-free sums (two-sum) and
 //!   products (Dekker's product with Veltkamp splitting), so the recurrence carries about
@@ -58,10 +62,10 @@
 //! `1/(1 − |pole|)`, so only edges below about 0.1 Hz at these rates approach the bound.
 //!
 //! Cost (`benches/filter.rs`, 384 channels, 20 ms chunks of 600 rows, default settings, on
-//! a noisy 2-core VM): CPU engine about 0.43 ms per chunk (≈ 45× real time); GPU engine on
-//! lavapipe about 4.7–7 ms per chunk (min–p50, host path, upload and read-back included):
-//! the double-single arithmetic costs about 2× a plain `f32` recurrence, which would not
-//! meet the bound for low band edges.
+//! a noisy 2-core VM): CPU engine about 0.25–0.43 ms per chunk (≈ 45–80× real time); GPU
+//! engine on lavapipe 2.2 ms per chunk (criterion median, host path, upload and read-back
+//! included) in `f64`, 4.7 ms in double-single: the double-single arithmetic costs about 2×
+//! a plain `f32` recurrence, which would not meet the bound for low band edges.
 //!
 //! # Delay
 //! [`BandpassFilter::group_delay_samples`] is the group delay at the geometric centre of the
@@ -375,10 +379,10 @@ impl BandpassFilter {
     /// of the same sections and sample rate, on either engine.
     ///
     /// Each state value is written as an unevaluated pair `hi + lo`: the GPU engine's
-    /// double-single pairs as they are, the CPU engine's `f64` with `lo = −0`. A state
-    /// restored on the engine that saved it resumes bit for bit; on the other engine the CPU
-    /// takes `hi + lo` in `f64` and the GPU rounds `z` to a pair, so the resumed output
-    /// stays within the bound of the [module docs](self) (1e-6 of the RMS).
+    /// double-single pairs as they are, its `f64` state (and the CPU engine's) with
+    /// `lo = −0`. A state restored on the engine and arithmetic that saved it resumes bit for
+    /// bit; elsewhere `f64` takes `hi + lo` and double-single rounds it to a pair, so the
+    /// resumed output stays within the bound of the [module docs](self) (1e-6 of the RMS).
     ///
     /// # Errors
     /// GPU errors of the read-back (device lost).
@@ -393,7 +397,7 @@ impl BandpassFilter {
                     EngineState::Cpu(_) => {
                         w.f64s(std::iter::repeat_n(0.0, 4 * nc * self.sos.len()))
                     }
-                    EngineState::Gpu(g) => w.f64s(g.read_state(nc)?.into_iter().map(f64::from)),
+                    EngineState::Gpu(g) => w.f64s(g.read_state(nc)?.into_iter()),
                 }
             }
         }
@@ -436,18 +440,8 @@ impl BandpassFilter {
         match &mut self.engine {
             EngineState::Cpu(st) => st.set_pairs(ns, nc, &pairs),
             EngineState::Gpu(g) => {
-                let mut ds = Vec::with_capacity(pairs.len());
-                for p in pairs.chunks_exact(2) {
-                    let Some(hl) = crate::state::f32_pair(p[0], p[1]) else {
-                        return Err(Error::State(format!(
-                            "filter state value {} does not fit the GPU's f32 pairs",
-                            p[0] + p[1]
-                        )));
-                    };
-                    ds.extend(hl);
-                }
-                if let Err(e) = g.write_state(nc, &ds) {
-                    if !matches!(e, Error::Shape { .. }) {
+                if let Err(e) = g.write_state(nc, &pairs) {
+                    if !matches!(e, Error::Shape { .. } | Error::State(_)) {
                         self.reset();
                     }
                     return Err(e);

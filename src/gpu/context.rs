@@ -32,6 +32,12 @@ pub struct GpuOptions {
     /// Each must be within what the adapter supports; lower ones let a large device behave
     /// like a small one.
     pub limits: Option<wgpu::Limits>,
+    /// Whether kernels with an `f64` variant (the band-pass filter) use it, where the device
+    /// has `SHADER_F64`. `None`, the default: on CPU adapters (lavapipe: native `f64`, twice
+    /// as fast as the double-single `f32` form) and not on GPUs, where `f64` runs at 1/16 to
+    /// 1/64 of the `f32` rate on most consumer parts; `Some(true)` for GPUs with full-rate
+    /// `f64` (data-centre parts).
+    pub f64_kernels: Option<bool>,
 }
 
 impl GpuOptions {
@@ -72,6 +78,8 @@ pub struct GpuContext {
     memory: Arc<MemoryCounters>,
     /// The memory budget in bytes (`u64::MAX`: none).
     budget: AtomicU64,
+    /// Kernels with an `f64` variant use it ([`GpuOptions::f64_kernels`]).
+    f64_kernels: bool,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -158,12 +166,17 @@ impl GpuContext {
         let limits = options.limits.clone().unwrap_or_else(|| adapter.limits());
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("neurokernels"),
-            required_features: wgpu::Features::empty(),
+            // f64 where the adapter has it: kernels with an f64 variant use it there.
+            required_features: adapter.features() & wgpu::Features::SHADER_F64,
             required_limits: limits.clone(),
             ..Default::default()
         }))
         .map_err(|e| Error::RequestDevice(e.to_string()))?;
 
+        let f64_kernels = device.features().contains(wgpu::Features::SHADER_F64)
+            && options
+                .f64_kernels
+                .unwrap_or(info.device_type == wgpu::DeviceType::Cpu);
         let lost = Arc::new(Mutex::new(None));
         let lost_cb = lost.clone();
         device.set_device_lost_callback(move |reason, msg| {
@@ -189,6 +202,7 @@ impl GpuContext {
             staging: Mutex::new(None),
             memory: Arc::new(MemoryCounters::default()),
             budget: AtomicU64::new(options.memory_budget.unwrap_or(u64::MAX)),
+            f64_kernels,
         })
     }
 
@@ -218,6 +232,18 @@ impl GpuContext {
     /// The limits the device was opened with.
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits
+    }
+
+    /// Whether the device runs `f64` in shaders (`SHADER_F64`: most Vulkan and DX12 devices,
+    /// lavapipe included; not the GL backend or Metal).
+    pub fn has_f64(&self) -> bool {
+        self.device.features().contains(wgpu::Features::SHADER_F64)
+    }
+
+    /// Whether kernels with an `f64` variant use it: the device has `f64` and
+    /// [`GpuOptions::f64_kernels`] (or its default for this device type) asks for it.
+    pub fn uses_f64_kernels(&self) -> bool {
+        self.f64_kernels
     }
 
     /// Device buffers of this context alive now: those the crate's operators and device arrays
