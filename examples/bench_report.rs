@@ -335,8 +335,9 @@ fn rows() -> Vec<Row> {
                     "≤ 1 ms",
                     "at the target's edge: 0.73–0.76 ms minimum, 0.9–1.1 ms median on a quiet \
                      machine. Each call reads the 10 MB batch (~0.35 ms); the class gathers \
-                     (2.56 M indexed loads) are compute-bound. Hardware gathers (AVX-512 \
-                     `vgatherdps`) over the class-sorted index might close it.",
+                     (2.56 M indexed loads) are compute-bound; hardware gathers (AVX-512 \
+                     `vgatherdps`, eight at a time) measured slower here (classify 0.58–0.70 \
+                     ms vs 0.47–0.51 ms minimum).",
                 ),
                 cell(
                     "CPU, `forward` (one call)",
