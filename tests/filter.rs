@@ -660,3 +660,61 @@ fn gpu_arithmetics_agree_and_exchange_state() {
         assert!(d <= tol, "resumed across arithmetics: {d:e} > {tol:e}");
     }
 }
+
+/// Outputs past `f32`'s range: the GPU's `f64` form rounds them to `f32` as the CPU engine
+/// does (±inf from half an ulp past `f32::MAX`, `f32::MAX` itself kept); the double-single
+/// form is exact below `f32::MAX / 4097` and non-finite past it (its splits overflow).
+#[test]
+fn outputs_past_f32_range_round_like_the_cpu() {
+    let fs = 30_000.0;
+    let sos = [[4.0, 0.0, 0.0, 1.0, 0.0, 0.0]]; // y = 4·x
+    let big = 2f32.powi(126);
+    let col = [
+        1.0,
+        f32::MAX / 4.0,
+        -f32::MAX / 4.0,
+        big,
+        -big,
+        0.5,
+        f32::MAX,
+        -3.0,
+    ];
+    let x = Array2::from_shape_fn((col.len(), 3), |(i, _)| col[i]);
+    let run = |e: &Engine| {
+        let mut f = BandpassFilter::from_sos(e, &sos, fs).expect("filter");
+        f.process(x.view()).expect("chunk")
+    };
+    let cpu = run(&Engine::cpu());
+    assert_eq!(cpu[[1, 0]], f32::MAX);
+    assert_eq!(cpu[[3, 0]], f32::INFINITY);
+    assert_eq!(cpu[[4, 0]], f32::NEG_INFINITY);
+    for f64_kernels in [true, false] {
+        let opts = neurokernels::GpuOptions {
+            f64_kernels: Some(f64_kernels),
+            ..neurokernels::GpuOptions::software_ok()
+        };
+        let e = Engine::gpu(&opts).unwrap_or_else(|e| panic!("no GPU adapter: {e}"));
+        let wide = matches!(&e, Engine::Gpu(c) if c.uses_f64_kernels());
+        let got = run(&e);
+        if wide {
+            assert_eq!(got, cpu, "f64 form");
+        } else {
+            // Its Veltkamp split overflows for values past f32::MAX / 4097 ≈ 8.3e34: from there
+            // on non-finite outputs (the NaN stays in its state), never a wrong finite one.
+            let first_big = col
+                .iter()
+                .position(|v| v.abs() >= 8e34)
+                .unwrap_or(col.len());
+            for (((i, c), &g), &w) in got.indexed_iter().zip(cpu.iter()) {
+                if i < first_big {
+                    assert_eq!(g, w, "double-single form at ({i}, {c})");
+                } else {
+                    assert!(
+                        g == w || !g.is_finite(),
+                        "double-single form at ({i}, {c}): {g}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -48,7 +48,11 @@
 //!   products (Dekker's product with Veltkamp splitting), so the recurrence carries about
 //!   `2⁻⁴⁴` relative error instead of `2⁻²⁴`, and the output is rounded once to `f32`.
 //!   Chunks are split into dispatches of at most 16 384 rows (the loop bound of software
-//!   adapters); the state chains between them.
+//!   adapters); the state chains between them. The double-single form needs samples and
+//!   values below `f32::MAX / 4097` ≈ 8.3e34 (the Veltkamp split's range; far above any
+//!   recording): past it its output and state become non-finite (the chain's threshold
+//!   refuses such a chunk and rolls the filter back), where the `f64` form and the CPU round
+//!   a finite result past `f32::MAX` to ±inf and go on.
 //!
 //! Bounds: the specification asks for an error within 1e-4 of the signal's RMS against an
 //! `f64` `sosfilt`, over long streams (10⁷ samples). Both engines are documented, and tested,
