@@ -122,18 +122,32 @@ impl CpuState {
 
     /// The bin output of channel `c` for a completed segment with running `sum`/`max`.
     fn output(&self, p: &Params, seg: &Segment, c: usize, sum: f64, max: f64) -> f32 {
-        let raw = match p.agg {
-            Aggregation::Sum | Aggregation::Mean => sum,
-            Aggregation::Max => max,
-            Aggregation::Last => match p.kind {
-                0 if p.scale_by_value => self.cum[c],
-                0 => self.cum_n[c] as f64,
-                1 => self.e[c],
-                _ => self.a[c],
-            },
-        };
-        (raw * seg.out_scale) as f32
+        let state = (self.e[c], self.a[c], self.cum[c], self.cum_n[c]);
+        bin_output(p, seg, sum, max, state)
     }
+}
+
+/// A completed segment's bin output from its running `sum`/`max` and the channel's state
+/// `(e, a, cum, cum_n)` at the segment's end (what Last reads).
+#[inline(always)]
+fn bin_output(
+    p: &Params,
+    seg: &Segment,
+    sum: f64,
+    max: f64,
+    (e, a, cum, cum_n): (f64, f64, f64, u64),
+) -> f32 {
+    let raw = match p.agg {
+        Aggregation::Sum | Aggregation::Mean => sum,
+        Aggregation::Max => max,
+        Aggregation::Last => match p.kind {
+            0 if p.scale_by_value => cum,
+            0 => cum_n as f64,
+            1 => e,
+            _ => a,
+        },
+    };
+    (raw * seg.out_scale) as f32
 }
 
 /// Dense input: the recurrence stepped sample by sample, vectorised across channels.
@@ -513,17 +527,7 @@ fn sparse_lanes<const KIND: u32, const SUM: bool, const MAX: bool>(
             }
             match seg.row {
                 Some(r) => {
-                    let raw = match p.agg {
-                        Aggregation::Sum | Aggregation::Mean => sum,
-                        Aggregation::Max => max,
-                        Aggregation::Last => match KIND {
-                            0 if p.scale_by_value => cum,
-                            0 => cum_n as f64,
-                            1 => e,
-                            _ => a,
-                        },
-                    };
-                    l.out[[r, j]] = (raw * seg.out_scale) as f32;
+                    l.out[[r, j]] = bin_output(p, seg, sum, max, (e, a, cum, cum_n));
                     l.psum[j] = 0.0;
                     l.pmax[j] = f64::NEG_INFINITY;
                 }

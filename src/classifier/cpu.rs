@@ -40,10 +40,6 @@ impl Input for f64 {
     }
 }
 
-fn threads() -> usize {
-    crate::engine::worker_threads()
-}
-
 /// Splits `out` into at most `parts` pieces at multiples of `unit` elements and runs `f(first
 /// unit index, piece)` on each, on scoped threads when there is more than one.
 fn par_chunks<T: Send, R: Send>(
@@ -78,7 +74,9 @@ fn par_chunks<T: Send, R: Send>(
 }
 
 fn parts_for(work: usize) -> usize {
-    threads().min(work / MIN_PAR_WORK).max(1)
+    crate::engine::worker_threads()
+        .min(work / MIN_PAR_WORK)
+        .max(1)
 }
 
 /// `acc[i] += x[i]` widened to `f64` (time means).
