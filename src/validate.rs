@@ -95,14 +95,49 @@ pub(crate) fn needs_gpu(what: &str) -> Error {
 /// A zero-filled buffer of `len` values for an output whose size the caller's settings
 /// chose: [`Error::HostMemory`] naming `what`, not an abort, when the host cannot allocate
 /// it (the pages are zeroed by the allocator, so a large buffer costs no writes here).
+///
+/// The allocator hands a large buffer out as new pages that the kernel faults in one 4 KiB
+/// page at a time on first touch. On Linux a buffer of at least 4 MiB is advised for
+/// transparent huge pages (`madvise(MADV_HUGEPAGE)`) before anything touches it, so it is
+/// faulted in 2 MiB at a time: 46 MB of fresh output took 20.6 ms of page faults with 4 KiB
+/// pages and 2.5 ms with huge pages on the benches' machine. The advice is a hint; where the
+/// kernel declines it the buffer is the same.
 pub(crate) fn host_zeroed<T: bytemuck::Zeroable>(what: &str, len: usize) -> Result<Vec<T>> {
-    bytemuck::allocation::try_zeroed_vec(len).map_err(|()| {
+    let v = bytemuck::allocation::try_zeroed_vec(len).map_err(|()| {
         Error::HostMemory(format!(
             "{what}: {len} values of {} bytes",
             std::mem::size_of::<T>()
         ))
-    })
+    })?;
+    advise_huge_pages(&v);
+    Ok(v)
 }
+
+/// `madvise(MADV_HUGEPAGE)` on the whole pages inside `v` when it holds at least 4 MiB; see
+/// [`host_zeroed`].
+#[cfg(target_os = "linux")]
+fn advise_huge_pages<T>(v: &[T]) {
+    const PAGE: usize = 4096;
+    const HUGE_OUTPUT_BYTES: usize = 4 << 20;
+    let bytes = std::mem::size_of_val(v);
+    if bytes < HUGE_OUTPUT_BYTES {
+        return;
+    }
+    let start = v.as_ptr() as usize;
+    let first = start.div_ceil(PAGE) * PAGE;
+    let end = (start + bytes) / PAGE * PAGE;
+    if end > first {
+        // SAFETY: `[first, end)` is page-aligned and lies inside `v`'s allocation; the advice
+        // changes how the kernel backs those pages, never their contents (zero until written).
+        // Its result is ignored: refused advice leaves ordinary pages.
+        unsafe {
+            libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_HUGEPAGE);
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn advise_huge_pages<T>(_v: &[T]) {}
 
 /// [`host_zeroed`] shaped as an array of `shape`.
 pub(crate) fn host_zeros<T: bytemuck::Zeroable, D: ndarray::Dimension>(

@@ -498,7 +498,8 @@ impl BandpassFilter {
         check_finite(chunk)?;
         let out = match &mut self.engine {
             EngineState::Cpu(st) => {
-                let mut out = Array2::zeros((n, c));
+                let mut out =
+                    crate::validate::host_zeros::<f32, _>("filter output", chunk.raw_dim())?;
                 if st.channels() != c {
                     st.init(self.coeffs.len(), c);
                 }

@@ -9,7 +9,7 @@ use std::ops::Range;
 use ndarray::{Array2, ArrayView2};
 
 use super::kernels::{gemm_rows, prefetch_rows, syrk_block, BLOCK, TC};
-use super::solve::solve_cluster;
+use super::solve::solve_block;
 use super::{scan_chunk, sym, Layout, Scan, MAX_ABS_VALUE};
 use crate::engine::worker_threads;
 use crate::error::Result;
@@ -231,28 +231,20 @@ impl CpuLrr {
         }
     }
 
-    /// Cluster `ci`'s block of `C` (`k × k`, cluster order).
-    fn cluster_block(&self, layout: &Layout, ci: usize) -> Vec<f64> {
-        let g = layout.cluster_group[ci];
-        let (c, kp) = (&self.c[g], self.kp[g]);
-        let pos = &layout.cluster_pos[ci];
-        let k = pos.len();
-        let mut b = vec![0.0; k * k];
-        for a in 0..k {
-            for bb in 0..k {
-                b[a * k + bb] = sym(c, kp, pos[a], pos[bb]);
-            }
-        }
-        b
-    }
-
     /// Solves every cluster's weights from the current `C`; returns the clusters that used
     /// the pseudo-inverse.
     pub fn solve(&mut self, layout: &Layout, lambda: f64) -> Vec<usize> {
         // Clusters are independent: solved on the worker pool.
         let solved = crate::engine::par_map(layout.clusters.len(), |ci| {
-            let k = layout.clusters[ci].len();
-            solve_cluster(&self.cluster_block(layout, ci), k, lambda)
+            let g = layout.cluster_group[ci];
+            let (c, kp, pos) = (&self.c[g], self.kp[g], &layout.cluster_pos[ci]);
+            let p0 = pos.first().copied().unwrap_or(0);
+            if pos.iter().enumerate().all(|(a, &p)| p == p0 + a) {
+                // Consecutive channels (the usual layout): the upper triangle row by row.
+                solve_block(pos.len(), lambda, |i, j| c[(p0 + i) * kp + p0 + j])
+            } else {
+                solve_block(pos.len(), lambda, |i, j| sym(c, kp, pos[i], pos[j]))
+            }
         });
         let singular = (0..solved.len()).filter(|&ci| solved[ci].pinv).collect();
         self.set_weights(layout, solved.into_iter().map(|s| s.w).collect());
@@ -266,11 +258,11 @@ impl CpuLrr {
             let kp = pad(k);
             let m = &mut self.m[ci];
             m.iter_mut().for_each(|v| *v = 0.0);
-            for a in 0..k {
-                for b in 0..k {
-                    let id = if a == b { 1.0 } else { 0.0 };
-                    m[a * kp + b] = (id - w[a * k + b]) as f32;
+            for (a, (m_row, w_row)) in m.chunks_exact_mut(kp).zip(w.chunks_exact(k)).enumerate() {
+                for (x, &v) in m_row.iter_mut().zip(w_row) {
+                    *x = (-v) as f32;
                 }
+                m_row[a] = (1.0 - w_row[a]) as f32;
             }
         }
         self.w = blocks;
@@ -282,11 +274,12 @@ impl CpuLrr {
     }
 
     /// `Y = X·(I − W)`, block-diagonal; channels in no cluster pass through.
-    pub fn transform(&self, layout: &Layout, chunk: ArrayView2<'_, f32>) -> Array2<f32> {
-        let (rows, nc) = chunk.dim();
-        let mut out = vec![0f32; rows * nc];
-        self.transform_slice(layout, chunk, &mut out);
-        Array2::from_shape_vec((rows, nc), out).unwrap_or_else(|_| Array2::zeros((0, nc)))
+    pub fn transform(&self, layout: &Layout, chunk: ArrayView2<'_, f32>) -> Result<Array2<f32>> {
+        let mut out = crate::validate::host_zeros::<f32, _>("LRR output", chunk.raw_dim())?;
+        if let Some(o) = out.as_slice_mut() {
+            self.transform_slice(layout, chunk, o);
+        }
+        Ok(out)
     }
 
     /// [`CpuLrr::transform`] into `out` (`rows × nc`, row-major).

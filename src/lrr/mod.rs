@@ -840,7 +840,7 @@ impl Lrr {
             return Ok(Array2::zeros((0, nc)));
         }
         match state {
-            EngineState::Cpu(c) => Ok(c.transform(layout, chunk)),
+            EngineState::Cpu(c) => c.transform(layout, chunk),
             EngineState::Gpu(g) => g.transform_host(layout, chunk),
         }
     }
@@ -865,7 +865,7 @@ impl Lrr {
         match state {
             EngineState::Cpu(c) => match out.as_slice_mut() {
                 Some(o) => c.transform_slice(layout, chunk, o),
-                None => out.assign(&c.transform(layout, chunk)),
+                None => out.assign(&c.transform(layout, chunk)?),
             },
             EngineState::Gpu(g) => out.assign(&g.transform_host(layout, chunk)?),
         }

@@ -117,7 +117,8 @@ impl CommonAverage {
         check_finite(chunk)?;
         match &mut self.engine {
             EngineState::Cpu(s) => {
-                let mut out = Array2::zeros((n, c));
+                let mut out =
+                    crate::validate::host_zeros::<f32, _>("reference output", chunk.raw_dim())?;
                 s.run(self.settings.median, chunk, out.view_mut());
                 Ok(out)
             }
