@@ -211,3 +211,29 @@ pub(crate) fn par_map<R: Send>(n: usize, f: impl Fn(usize) -> R + Sync + Send) -
         _ => (0..n).map(f).collect(),
     }
 }
+
+/// `f(i, piece)` for the `i`-th piece of `out` cut into pieces of `len` elements (the last may
+/// be shorter), the results in piece order; on the worker pool when there is more than one
+/// piece. The pool's threads persist: starting two scoped threads instead measured 160 µs
+/// (p50) on the benches' machine, a sixth of a 1 ms call.
+pub(crate) fn par_pieces<T: Send, R: Send>(
+    out: &mut [T],
+    len: usize,
+    f: impl Fn(usize, &mut [T]) -> R + Sync + Send,
+) -> Vec<R> {
+    use rayon::prelude::*;
+    let len = len.max(1);
+    match pool() {
+        Some(pool) if out.len() > len && worker_threads() > 1 => pool.install(|| {
+            out.par_chunks_mut(len)
+                .enumerate()
+                .map(|(i, piece)| f(i, piece))
+                .collect()
+        }),
+        _ => out
+            .chunks_mut(len)
+            .enumerate()
+            .map(|(i, piece)| f(i, piece))
+            .collect(),
+    }
+}

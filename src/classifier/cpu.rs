@@ -1,5 +1,5 @@
 //! The CPU engine of the max-rate classifier: `f64` state and accumulators, neuron-parallel
-//! updates and row-parallel logits on scoped threads (deterministic: each output is summed in
+//! updates and row-parallel logits on the engine's worker pool (deterministic: each output is summed in
 //! the same order whatever the thread count).
 //!
 //! * Update: for each block of [`UBLK`] neurons and each class, the class's rows (contiguous
@@ -41,36 +41,21 @@ impl Input for f64 {
 }
 
 /// Splits `out` into at most `parts` pieces at multiples of `unit` elements and runs `f(first
-/// unit index, piece)` on each, on scoped threads when there is more than one.
+/// unit index, piece)` on each, on the engine's worker pool when there is more than one.
 fn par_chunks<T: Send, R: Send>(
     out: &mut [T],
     unit: usize,
     parts: usize,
-    f: impl Fn(usize, &mut [T]) -> R + Sync,
+    f: impl Fn(usize, &mut [T]) -> R + Sync + Send,
 ) -> Vec<R> {
-    let units = out.len() / unit.max(1);
+    let unit = unit.max(1);
+    let units = out.len() / unit;
     let parts = parts.clamp(1, units.max(1));
     if parts == 1 {
         return vec![f(0, out)];
     }
     let per = units.div_ceil(parts);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = out
-            .chunks_mut(per * unit)
-            .enumerate()
-            .map(|(i, piece)| {
-                let f = &f;
-                s.spawn(move || f(i * per, piece))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| match h.join() {
-                Ok(r) => r,
-                Err(p) => std::panic::resume_unwind(p),
-            })
-            .collect()
-    })
+    crate::engine::par_pieces(out, per * unit, |i, piece| f(i * per, piece))
 }
 
 fn parts_for(work: usize) -> usize {
@@ -238,12 +223,7 @@ impl CpuClassifier {
         if parts == 1 {
             build(0, &mut pieces);
         } else {
-            std::thread::scope(|s| {
-                for (p, chunk) in pieces.chunks_mut(per_part).enumerate() {
-                    let build = &build;
-                    s.spawn(move || build(p * per_part, chunk));
-                }
-            });
+            crate::engine::par_pieces(&mut pieces, per_part, |p, chunk| build(p * per_part, chunk));
         }
         let mut occ = vec![0u64; k];
         for off in self.boffs.chunks_exact(k + 1) {

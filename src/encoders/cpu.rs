@@ -148,7 +148,7 @@ fn threads_for(work: usize, outer: usize) -> usize {
 }
 
 /// Runs `f(o0, part)` over contiguous parts of `out` made of whole `slice`-byte slices, on
-/// up to `n` threads.
+/// up to `n` threads of the engine's worker pool.
 fn split_slices(out: &mut [u8], slice: usize, n: usize, f: impl Fn(usize, &mut [u8]) + Sync) {
     let outer = out.len().checked_div(slice).unwrap_or(0);
     if n <= 1 || outer <= 1 {
@@ -156,23 +156,7 @@ fn split_slices(out: &mut [u8], slice: usize, n: usize, f: impl Fn(usize, &mut [
         return;
     }
     let per = outer.div_ceil(n);
-    std::thread::scope(|scope| {
-        let mut rest = out;
-        let mut o0 = 0;
-        let f = &f;
-        while !rest.is_empty() {
-            let take = (per * slice).min(rest.len());
-            let (part, tail) = rest.split_at_mut(take);
-            rest = tail;
-            let start = o0;
-            if rest.is_empty() {
-                f(start, part);
-            } else {
-                scope.spawn(move || f(start, part));
-            }
-            o0 += per;
-        }
-    });
+    crate::engine::par_pieces(out, per * slice, |i, part| f(i * per, part));
 }
 
 /// Rate-encodes `x` (`b` rows of `f` features, finite) as samples `first ..` into `out`
