@@ -1,6 +1,6 @@
 //! The CPU engine of LRR: `C` accumulated from 16-sample `f32` register blocks folded into
 //! `f64`, the `f64` solver of `solve.rs`, and an `f32` block-diagonal product for the
-//! transform. Large chunks use every core (`std::thread::scope`, rows split in aligned
+//! transform. Large chunks use every core (the engine's worker pool, rows split in aligned
 //! ranges); small ones stay on the calling thread.
 
 use std::cmp::Ordering;
@@ -142,18 +142,8 @@ impl CpuLrr {
             });
             (acc, pass_ok)
         };
-        let results: Vec<(Vec<Vec<f64>>, bool)> = std::thread::scope(|s| {
-            let handles: Vec<_> = ranges[1..]
-                .iter()
-                .map(|r| {
-                    let r = r.clone();
-                    s.spawn(move || run(r))
-                })
-                .collect();
-            let mut out = vec![run(ranges[0].clone())];
-            out.extend(handles.into_iter().filter_map(|h| h.join().ok()));
-            out
-        });
+        let results: Vec<(Vec<Vec<f64>>, bool)> =
+            crate::engine::par_map(ranges.len(), |i| run(ranges[i].clone()));
         let suspicious = results.len() != ranges.len()
             || results.iter().any(|(acc, pass_ok)| {
                 !pass_ok
