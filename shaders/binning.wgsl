@@ -49,6 +49,12 @@ struct Win {
     pad1: u32,
 }
 
+// The operator's settings, fixed when its pipelines are built so that the per-sample loops
+// carry no branches on them (the same values are in `Params` as `kind`, `agg`, `scale`).
+override KIND: u32 = 0u;
+override AGG: u32 = 0u;
+override SCALE: bool = false;
+
 // No sample seen yet in the open bin (a finite sentinel: some compilers assume no infinities).
 const NO_MAX: f32 = -3.4028235e38;
 
@@ -91,7 +97,7 @@ fn weight_of(x: f32) -> f32 {
     if (x == 0.0) {
         return 0.0;
     }
-    if (P.scale == 1u) {
+    if (SCALE) {
         return x * P.wscale;
     }
     return P.wscale;
@@ -144,19 +150,19 @@ struct Run {
 }
 
 fn bin_value(r: Run) -> f32 {
-    if (P.agg == 0u) {
-        if (P.kind == 0u) {
-            if (P.scale == 1u) {
+    if (AGG == 0u) {
+        if (KIND == 0u) {
+            if (SCALE) {
                 return r.e;
             }
             return f32(r.cum.y) * 4294967296.0 + f32(r.cum.x);
         }
-        if (P.kind == 1u) {
+        if (KIND == 1u) {
             return r.e;
         }
         return r.a;
     }
-    if (P.agg == 3u) {
+    if (AGG == 3u) {
         return r.mx;
     }
     return r.sum;
@@ -167,7 +173,7 @@ fn stretch(r: ptr<function, Run>, l: u32) {
     if (l == 0u) {
         return;
     }
-    if (P.kind == 0u) {
+    if (KIND == 0u) {
         (*r).mx = max((*r).mx, 0.0);
         return;
     }
@@ -175,9 +181,9 @@ fn stretch(r: ptr<function, Run>, l: u32) {
     let e = (*r).e;
     let a = (*r).a;
     let it = P.inv_tau;
-    let want_sum = P.agg == 1u || P.agg == 2u;
-    let want_max = P.agg == 3u;
-    if (P.kind == 1u) {
+    let want_sum = AGG == 1u || AGG == 2u;
+    let want_max = AGG == 3u;
+    if (KIND == 1u) {
         if (want_sum) {
             (*r).sum = (*r).sum + e * jl.y;
         }
@@ -210,11 +216,11 @@ fn stretch(r: ptr<function, Run>, l: u32) {
 // One dense sample of weight w.
 fn step(r: ptr<function, Run>, w: f32) {
     var act: f32;
-    if (P.kind == 0u) {
+    if (KIND == 0u) {
         act = w;
         (*r).e = (*r).e + w;
         (*r).cum = add_cum((*r).cum, select(0u, 1u, w != 0.0));
-    } else if (P.kind == 1u) {
+    } else if (KIND == 1u) {
         act = (*r).e + w;
         (*r).e = decay1(act);
     } else {
@@ -298,7 +304,7 @@ fn dense_finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
         let si = segs[i];
         let k = i * P.n_ch + c;
         let loc = summ[k];
-        if (P.kind == 0u) {
+        if (KIND == 0u) {
             e = e + loc.x;
             cum = add_cum(cum, summ_n[k]);
         } else {
@@ -381,12 +387,12 @@ fn sparse(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
                     break;
                 }
                 let v = bitcast<f32>(input[2u * (base + i) + 1u]);
-                w = w + select(1.0, v, P.scale == 1u || P.merged == 1u) * P.wscale;
-                n = n + select(1u, u32(v), P.merged == 1u && P.scale == 0u);
+                w = w + select(1.0, v, SCALE || P.merged == 1u) * P.wscale;
+                n = n + select(1u, u32(v), P.merged == 1u && !SCALE);
                 i = i + 1u;
             }
             stretch(&r, t - min(cur, t));
-            if (P.kind == 0u) {
+            if (KIND == 0u) {
                 r.sum = r.sum + w;
                 r.mx = max(r.mx, w);
                 r.e = r.e + w;

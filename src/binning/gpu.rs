@@ -222,6 +222,13 @@ impl GpuBinning {
             d_hi,
             d_lo: (jt.d - d_hi as f64) as f32,
         };
+        // The settings are compiled into the pipelines (WGSL overrides): the per-sample loops
+        // carry no branches on them.
+        let settings = [
+            ("KIND", base.kind as f64),
+            ("AGG", base.agg as f64),
+            ("SCALE", base.scale as f64),
+        ];
         ctx.scoped(|| {
             let params = ctx.uniform(std::mem::size_of::<GpuParams>() as u64, "binning-params")?;
             let rows = jt.gpu_rows();
@@ -254,9 +261,9 @@ impl GpuBinning {
                 flags: GrowBuffer::new("binning-flags"),
                 out: GrowBuffer::new("binning-out"),
                 dev_out: None,
-                pipe_local: ctx.pipeline(&BINNING, "dense_local", &[], &LAYOUT)?,
-                pipe_finish: ctx.pipeline(&BINNING, "dense_finish", &[], &LAYOUT)?,
-                pipe_sparse: ctx.pipeline(&BINNING, "sparse", &[], &LAYOUT)?,
+                pipe_local: ctx.pipeline(&BINNING, "dense_local", &settings, &LAYOUT)?,
+                pipe_finish: ctx.pipeline(&BINNING, "dense_finish", &settings, &LAYOUT)?,
+                pipe_sparse: ctx.pipeline(&BINNING, "sparse", &settings, &LAYOUT)?,
             })
         })
     }
