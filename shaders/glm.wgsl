@@ -46,6 +46,12 @@ struct Win {
 }
 
 override WG: u32 = 64u;
+// The model's sizes, compiled into the `simulate` pipeline (the same values are in `Params`):
+// the loops have constant bounds and the ring's index arithmetic divides by constants
+// (llvmpipe runs a division by a run-time value as one scalar `div` per lane).
+override N: u32 = 1u;
+override WS: u32 = 1u;
+override NBQ: u32 = 1u;
 
 const NONE: u32 = 0xffffffffu;
 const STREAM_TAG: u32 = 0x474C4D00u;
@@ -246,17 +252,17 @@ fn simulate(
     if (workgroupUniformLoad(&sh_u) != 0u) {
         return;
     }
-    let n = P.n;
-    let nq = n * P.nbq;
-    let ring0 = b * P.ws * nq;
+    let n = N;
+    let nq = N * NBQ;
+    let ring0 = b * WS * nq;
     let key = seeds[b];
     let fb = select(b, 0u, P.ff_trials == 1u);
     let sc = b * 2u * n;
-    let per = P.ws * P.nbq;
+    let per = WS * NBQ;
     for (var k = 0u; k < W.count; k = k + 1u) {
         let ts = W.t0 + k;
         let step = add64(W.step_lo, W.step_hi, k);
-        let slot = (W.slot0 + k) % P.ws;
+        let slot = (W.slot0 + k) % WS;
         let sbase = ring0 + slot * nq;
         if (lid == 0u) {
             atomicStore(&sh_nnz, 0u);
@@ -319,12 +325,17 @@ fn simulate(
         for (var it = lid; it < items; it = it + WG) {
             let kk = it / per;
             let r = it % per;
-            let l1 = r / P.nbq;
-            let q = r % P.nbq;
+            let l1 = r / NBQ;
+            let q = r % NBQ;
             let j = scratch[sc + kk];
             let v = bitcast<f32>(scratch[sc + n + kk]);
-            let dst = ring0 + ((slot + l1 + 1u) % P.ws) * nq + j * P.nbq + q;
-            ring[dst] = ring[dst] + v * basis[l1 * P.nbq + q];
+            // slot + l1 + 1 < 2·WS: one conditional subtraction instead of `% WS`.
+            var s2 = slot + l1 + 1u;
+            if (s2 >= WS) {
+                s2 = s2 - WS;
+            }
+            let dst = ring0 + s2 * nq + j * NBQ + q;
+            ring[dst] = ring[dst] + v * basis[r];
         }
         storageBarrier();
         workgroupBarrier();

@@ -62,7 +62,7 @@ impl Net {
         base: f64,
     ) -> Net {
         let mut r = rng(seed);
-        let basis = if nb >= 2 {
+        let basis = if nb >= 2 && ws > 0 {
             RaisedCosineLogEval::new(nb)
                 .evaluate_on_grid(ws)
                 .expect("basis")
@@ -430,9 +430,14 @@ fn spec_deterministic_rollout_matches_the_seed() {
 /// drive), and in Poisson mode the CPU's draws are the truth's draws exactly.
 #[test]
 fn parity_both_engines_follow_the_truth() {
-    for (case, &(n, ws, nb, nf, t)) in [(1, 1, 1, 1, 40), (7, 13, 3, 2, 120), (65, 9, 5, 1, 30)]
-        .iter()
-        .enumerate()
+    for (case, &(n, ws, nb, nf, t)) in [
+        (1, 1, 1, 1, 40),
+        (7, 13, 3, 2, 120),
+        (65, 9, 5, 1, 30),
+        (4, 5, 0, 1, 20),
+    ]
+    .iter()
+    .enumerate()
     {
         let net = Net::random(100 + case as u64, n, ws, nb, nf, t, 0.3 / n as f64, -1.0);
         for link in [Link::Softplus, Link::Exp] {
@@ -897,6 +902,8 @@ fn error_every_seed_validation_and_non_finite_inputs() {
             (INIT, vec![6, 1, 1, 4], "init rank 4", "two dimensions"),
             // Basis functions of the basis vs the coefficients.
             (BASIS, vec![6, 4], "basis count", "basis functions"),
+            // A window of no lags.
+            (BASIS, vec![0, 3], "empty window", "one row per lag"),
         ] {
             expect(with(slot, ArrayD::zeros(shape)), what, needle);
         }

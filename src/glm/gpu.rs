@@ -212,7 +212,17 @@ impl GpuGlm {
                 forced: GrowBuffer::new("neurokernels.glm.forced"),
                 rates: GrowBuffer::new("neurokernels.glm.rates"),
                 spikes: GrowBuffer::new("neurokernels.glm.spikes"),
-                pipe: ctx.pipeline(&GLM, "simulate", &[("WG", wg as f64)], &LAYOUT)?,
+                pipe: ctx.pipeline(
+                    &GLM,
+                    "simulate",
+                    &[
+                        ("WG", wg as f64),
+                        ("N", n as f64),
+                        ("WS", ws as f64),
+                        ("NBQ", nbq as f64),
+                    ],
+                    &LAYOUT,
+                )?,
             })
         })
     }

@@ -299,14 +299,29 @@ fn feature_error(nf: usize, got: usize) -> Error {
     )
 }
 
-fn basis_error(nbm: usize, nb: usize) -> Error {
-    Error::shape(
-        "coupling_basis_matrix",
-        format!(
-            "{nb} basis functions, as `coupling_coef` assumes (inconsistent number of features)"
-        ),
-        format!("`coupling_basis_matrix` assumes {nbm} basis functions for the coupling filters"),
-    )
+/// The coupling basis `(ws, nbm)` against the coefficients' `nb` basis functions: the counts
+/// agree, and the window has at least one lag (the ring holds one slot per lag; a model
+/// without lags is a feedforward GLM).
+fn check_basis(ws: usize, nbm: usize, nb: usize) -> Result<()> {
+    if nbm != nb {
+        return Err(Error::shape(
+            "coupling_basis_matrix",
+            format!(
+                "{nb} basis functions, as `coupling_coef` assumes (inconsistent number of features)"
+            ),
+            format!(
+                "`coupling_basis_matrix` assumes {nbm} basis functions for the coupling filters"
+            ),
+        ));
+    }
+    if ws == 0 {
+        return Err(Error::shape(
+            "coupling_basis_matrix",
+            "a window of at least one step (one row per lag)",
+            "0 rows",
+        ));
+    }
+    Ok(())
 }
 
 fn window_error(init_ws: usize, ws: usize) -> Error {
@@ -330,9 +345,7 @@ fn build_model(
     let n = intercepts.len();
     let nb = coupling_coef.shape()[2];
     let (ws, nbm) = (coupling_basis.shape()[0], coupling_basis.shape()[1]);
-    if nbm != nb {
-        return Err(basis_error(nbm, nb));
-    }
+    check_basis(ws, nbm, nb)?;
     check_finite("coupling_coef", coupling_coef)?;
     check_finite("feedforward_coef", feedforward_coef)?;
     check_finite("intercepts", intercepts)?;
@@ -382,7 +395,7 @@ impl RecurrentGlm {
     ///
     /// # Errors
     /// [`Error::Shape`] for a wrong rank, inconsistent neuron counts or basis counts (the
-    /// seed's checks), [`Error::NonFinite`] for a NaN or infinity; on the GPU, an
+    /// seed's checks) or a basis of no rows (no lags), [`Error::NonFinite`] for a NaN or infinity; on the GPU, an
     /// [`Error::InvalidSetting`] when one trial's step does not fit the loop budget or the
     /// coupling matrix does not fit one storage binding, and device errors.
     pub fn new(
@@ -829,9 +842,7 @@ pub fn simulate_recurrent_batch(
         coupling_basis_matrix.shape()[0],
         coupling_basis_matrix.shape()[1],
     );
-    if nbm != nb {
-        return Err(basis_error(nbm, nb));
-    }
+    check_basis(ws, nbm, nb)?;
     if init_y.shape()[0] != ws {
         return Err(window_error(init_y.shape()[0], ws));
     }
