@@ -516,7 +516,27 @@ pub(crate) fn shift<T: bytemuck::Pod>(plan: &ShiftPlan, x: &[T]) -> Vec<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::encoders::round_even_nonneg;
     use crate::rng::philox4x32_10;
+
+    /// The two-addition rounding is `round_ties_even` on non-negative `f32`: every half
+    /// `k + ½` below 2²³ with both neighbours, one bit pattern in 61 up to 2²⁵, and 0.
+    #[test]
+    fn round_even_nonneg_is_round_ties_even() {
+        let halves = (0..1u32 << 23).flat_map(|k| {
+            let b = (k as f32 + 0.5).to_bits();
+            [b - 1, b, b + 1]
+        });
+        let spread = (0..=33_554_432f32.to_bits()).step_by(61);
+        for b in halves.chain(spread).chain([0, 8_388_608f32.to_bits()]) {
+            let v = f32::from_bits(b);
+            assert_eq!(
+                round_even_nonneg(v).to_bits(),
+                v.round_ties_even().to_bits(),
+                "{v:e}"
+            );
+        }
+    }
 
     #[test]
     fn lanes_match_the_scalar_generator() {

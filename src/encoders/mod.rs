@@ -115,6 +115,20 @@ pub(crate) fn flush(x: f32) -> f32 {
     }
 }
 
+/// `v.round_ties_even()` for `v ≥ 0` (or NaN), in two additions: below 2²³ the sum `v + 2²³`
+/// has a spacing of 1, so the addition itself rounds half to even, and the subtraction is exact;
+/// from 2²³ on every `f32` is an integer. Baseline x86-64 has no rounding instruction, so
+/// `round_ties_even` is a libm call per element there; this form vectorizes.
+#[inline(always)]
+pub(crate) fn round_even_nonneg(v: f32) -> f32 {
+    const BIG: f32 = 8_388_608.0;
+    if v < BIG {
+        (v + BIG) - BIG
+    } else {
+        v
+    }
+}
+
 /// The validated rate parameters.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RateParams {
@@ -162,7 +176,7 @@ impl LatencyParams {
     /// Spike time of a clipped, flushed value.
     #[inline(always)]
     fn time_of_clipped(&self, xc: f32) -> u32 {
-        (((1.0 - xc) * self.tm1).round_ties_even() as u32).min(self.steps - 1)
+        (round_even_nonneg((1.0 - xc) * self.tm1) as u32).min(self.steps - 1)
     }
 
     /// The spike time of `x` (finite), or [`SILENT`].
