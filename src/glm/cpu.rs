@@ -86,6 +86,63 @@ unsafe fn dot_avx2(a: &[f64], b: &[f64]) -> f64 {
 }
 
 /// `y += v·x`.
+/// `out[i] = coef_i · conv` for the `n = out.len()` rows of `coef` (each `conv.len()` long),
+/// four rows at a time: one load of `conv` feeds four rows and eight independent FMA chains
+/// (the one-row dot is bound by its two loads per FMA and its four chains' latency).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn mat_vec_avx2(coef: &[f64], conv: &[f64], out: &mut [f64]) {
+    use std::arch::x86_64::*;
+    let len = conv.len();
+    let n = out.len().min(coef.len() / len.max(1));
+    let pc = conv.as_ptr();
+    let mut i = 0;
+    while i + 4 <= n {
+        let rows = &coef[i * len..(i + 4) * len];
+        let pa = rows.as_ptr();
+        let mut acc = [[_mm256_setzero_pd(); 2]; 4];
+        let mut k = 0;
+        // SAFETY: k + 8 <= len, and row q's k-th element is at q·len + k < 4·len = rows.len().
+        unsafe {
+            while k + 8 <= len {
+                let c0 = _mm256_loadu_pd(pc.add(k));
+                let c1 = _mm256_loadu_pd(pc.add(k + 4));
+                for (q, a) in acc.iter_mut().enumerate() {
+                    let pr = pa.add(q * len + k);
+                    a[0] = _mm256_fmadd_pd(_mm256_loadu_pd(pr), c0, a[0]);
+                    a[1] = _mm256_fmadd_pd(_mm256_loadu_pd(pr.add(4)), c1, a[1]);
+                }
+                k += 8;
+            }
+        }
+        for (q, a) in acc.iter().enumerate() {
+            let sum = _mm256_add_pd(a[0], a[1]);
+            let mut lanes = [0.0f64; 4];
+            // SAFETY: `lanes` holds four f64.
+            unsafe { _mm256_storeu_pd(lanes.as_mut_ptr(), sum) };
+            let mut v = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+            let row = &rows[q * len..(q + 1) * len];
+            for (x, y) in row[k..].iter().zip(&conv[k..]) {
+                v += x * y;
+            }
+            out[i + q] = v;
+        }
+        i += 4;
+    }
+    for (r, o) in out.iter_mut().enumerate().take(n).skip(i) {
+        // SAFETY: the caller's CPU has AVX2 and FMA (this function's own requirement).
+        *o = unsafe { dot_avx2(&coef[r * len..(r + 1) * len], conv) };
+    }
+}
+
+/// `out[i] = coef_i · conv` with the portable [`dot`].
+fn mat_vec(coef: &[f64], conv: &[f64], out: &mut [f64]) {
+    let len = conv.len();
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = dot(&coef[i * len..(i + 1) * len], conv);
+    }
+}
+
 #[inline(always)]
 fn axpy(y: &mut [f64], v: f64, x: &[f64]) {
     for (o, &b) in y.iter_mut().zip(x) {
@@ -114,7 +171,7 @@ fn run_trial(
             return unsafe { run_trial_avx2(m, ring, job, b, spikes, rates) };
         }
     }
-    run_trial_impl(m, ring, job, b, spikes, rates, dot)
+    run_trial_impl(m, ring, job, b, spikes, rates, mat_vec)
 }
 
 /// [`run_trial_impl`] compiled for AVX2 + FMA.
@@ -129,8 +186,8 @@ unsafe fn run_trial_avx2(
     rates: &mut [f32],
 ) -> Bad {
     // SAFETY: this function only runs where AVX2 and FMA are available.
-    run_trial_impl(m, ring, job, b, spikes, rates, |x, y| unsafe {
-        dot_avx2(x, y)
+    run_trial_impl(m, ring, job, b, spikes, rates, |a, c, o| unsafe {
+        mat_vec_avx2(a, c, o)
     })
 }
 
@@ -142,7 +199,7 @@ fn run_trial_impl(
     b: usize,
     spikes: &mut [f32],
     rates: &mut [f32],
-    dot: impl Fn(&[f64], &[f64]) -> f64,
+    mat_vec: impl Fn(&[f64], &[f64], &mut [f64]),
 ) -> Bad {
     let (n, nb, ws) = (m.n, m.nb, m.ws);
     let nnb = n * nb;
@@ -151,6 +208,7 @@ fn run_trial_impl(
     let fb = if job.ff_trials == 1 { 0 } else { b };
     let mut row = vec![0.0f64; n];
     let mut conv = vec![0.0f64; nnb];
+    let mut drive = vec![0.0f64; n];
     let span = ws * nb;
     for t in 0..job.t_len {
         let step = job.step0 + t as u64;
@@ -162,8 +220,9 @@ fn run_trial_impl(
             conv[j * nb..(j + 1) * nb].copy_from_slice(&ring[at..at + nb]);
             ring[at..at + nb].fill(0.0);
         }
+        mat_vec(&m.coef, &conv, &mut drive);
         for i in 0..n {
-            let x = ff[i] + dot(&m.coef[i * nnb..(i + 1) * nnb], &conv);
+            let x = ff[i] + drive[i];
             let r = m.link.eval(x);
             if !(r as f32).is_finite() {
                 return Some((step, i, r));
