@@ -86,18 +86,26 @@ fn neg(a: vec2<f32>) -> vec2<f32> {
 }
 
 // One transposed direct form II section `s` on the pair x, with its state in *z.
-fn section(z: ptr<function, vec4<f32>>, s: u32, x: vec2<f32>) -> vec2<f32> {
-    let b0 = coeffs[5u * s];
-    let b1 = coeffs[5u * s + 1u];
-    let b2 = coeffs[5u * s + 2u];
-    let a1 = coeffs[5u * s + 3u];
-    let a2 = coeffs[5u * s + 4u];
+// One section's coefficients, loaded once per dispatch (kept in registers across the rows).
+struct Coef {
+    b0: vec4<f32>,
+    b1: vec4<f32>,
+    b2: vec4<f32>,
+    a1: vec4<f32>,
+    a2: vec4<f32>,
+}
+
+fn load_coef(s: u32) -> Coef {
+    return Coef(coeffs[5u * s], coeffs[5u * s + 1u], coeffs[5u * s + 2u], coeffs[5u * s + 3u], coeffs[5u * s + 4u]);
+}
+
+fn section(z: ptr<function, vec4<f32>>, k: Coef, x: vec2<f32>) -> vec2<f32> {
     let zs = *z;
     let xs = split(x.x);
-    let y = dd_add(dd_mul(b0, x, xs), zs.xy);
+    let y = dd_add(dd_mul(k.b0, x, xs), zs.xy);
     let ys = split(y.x);
-    let z1 = dd_add(dd_add(dd_mul(b1, x, xs), neg(dd_mul(a1, y, ys))), zs.zw);
-    let z2 = dd_add(dd_mul(b2, x, xs), neg(dd_mul(a2, y, ys)));
+    let z1 = dd_add(dd_add(dd_mul(k.b1, x, xs), neg(dd_mul(k.a1, y, ys))), zs.zw);
+    let z2 = dd_add(dd_mul(k.b2, x, xs), neg(dd_mul(k.a2, y, ys)));
     *z = vec4<f32>(z1, z2);
     return y;
 }

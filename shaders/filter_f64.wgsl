@@ -34,15 +34,23 @@ fn store_state(i: u32, z: St) {
     state_out[i] = z;
 }
 
-// One transposed direct form II section `s` on x, with its state in *z.
-fn section(z: ptr<function, St>, s: u32, x: Val) -> Val {
-    let b0 = coeffs[5u * s];
-    let b1 = coeffs[5u * s + 1u];
-    let b2 = coeffs[5u * s + 2u];
-    let a1 = coeffs[5u * s + 3u];
-    let a2 = coeffs[5u * s + 4u];
+// One section's coefficients, loaded once per dispatch (kept in registers across the rows).
+struct Coef {
+    b0: f64,
+    b1: f64,
+    b2: f64,
+    a1: f64,
+    a2: f64,
+}
+
+fn load_coef(s: u32) -> Coef {
+    return Coef(coeffs[5u * s], coeffs[5u * s + 1u], coeffs[5u * s + 2u], coeffs[5u * s + 3u], coeffs[5u * s + 4u]);
+}
+
+// One transposed direct form II section with coefficients `k` on x, with its state in *z.
+fn section(z: ptr<function, St>, k: Coef, x: Val) -> Val {
     let zs = *z;
-    let y = b0 * x + zs.x;
-    *z = St(b1 * x - a1 * y + zs.y, b2 * x - a2 * y);
+    let y = k.b0 * x + zs.x;
+    *z = St(k.b1 * x - k.a1 * y + zs.y, k.b2 * x - k.a2 * y);
     return y;
 }
