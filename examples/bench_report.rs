@@ -107,9 +107,12 @@ fn rows() -> Vec<Row> {
                     Criterion("dense_count_sum_1s_384ch/gpu/chunks_of_3000"),
                     AtMost(2.0 * DENSE_FLOOR_S),
                     "≤ 2× the probe's floor (35 ms)",
-                    "the host-side finiteness scan and `write_buffer` copy of each 4.6 MB \
-                     chunk come on top of the kernel's 2.6 GB/s; inputs already on the device \
-                     (`process_device`) avoid both.",
+                    "perf: 83 % of the time was llvmpipe's JIT code branching on the kernel, \
+                     aggregation and scaling per element; with the three compiled in as \
+                     pipeline overrides the 10 chunks take 20–23 ms at minimum (35–38 ms \
+                     before, 40-run A/B). What is left is the kernel's lane-by-lane loads at \
+                     about the probe's 2.6 GB/s plus each chunk's host finiteness scan and \
+                     upload; a figure above the target is the machine's load.",
                 ),
             ],
         },
@@ -130,7 +133,11 @@ fn rows() -> Vec<Row> {
                     Record("binning/dense/gpu/30/p99"),
                     AtMost(300e-6),
                     "p99 ≤ 300 µs",
-                    LAVAPIPE_FLOOR,
+                    "a 1 ms chunk is one upload, one dispatch and one read-back (the probe's \
+                     round trip is 99 µs on a quiet machine, 0.1–0.4 ms under load: \
+                     MACHINE_LIMITS.md); the kernel's work is a few µs. The tail is llvmpipe's \
+                     fence and thread wake-ups on a shared two-core machine, not the kernel; \
+                     a hardware GPU's round trip is tens of µs.",
                 ),
             ],
         },
@@ -152,7 +159,8 @@ fn rows() -> Vec<Row> {
                     Criterion("sparse_exp_last_10s_384ch/gpu"),
                     AtMost(50e-3),
                     "≤ 50 ms",
-                    LAVAPIPE_FLOOR,
+                    "the kernel, aggregation and scaling are compiled into the pipelines \
+                     (54–57 → 27–36 ms minimum); a miss is the machine's load.",
                 ),
             ],
         },
@@ -174,7 +182,13 @@ fn rows() -> Vec<Row> {
                     Criterion("lrr_384ch_8x48_10x30000/partial_fit/gpu"),
                     AtMost(400e-3),
                     "≤ 400 ms",
-                    LAVAPIPE_FLOOR,
+                    "perf and the JIT code (gdb): the covariance kernel's time is its loads. \
+                     Each invocation's 16 × 16 tile reads 32 channels per sample by index; \
+                     llvmpipe runs each such load as a loop over its 8 lanes with a bounds \
+                     check per element, and the 256 accumulators spill to a 150 KB stack \
+                     frame. A layout where a workgroup's lanes share each sample's row loads \
+                     (uniform addresses: one scalar load for all lanes) might halve it; a \
+                     hardware GPU coalesces these loads.",
                 ),
             ],
         },
@@ -187,12 +201,11 @@ fn rows() -> Vec<Row> {
                     Criterion("lrr_384ch_8x48_10x30000/transform/cpu"),
                     AtMost(120e-3),
                     "≤ 120 ms",
-                    "each chunk's fresh 46 MB output is page-faulted in on first touch (~11 000 \
-                     faults per chunk; this VM's kernel backs no transparent huge pages, so \
-                     `madvise` cannot help): touching 46 MB of new memory alone costs 16.7 ms \
-                     here (a C loop, one byte per page), 167 ms for the ten chunks, above the \
-                     target before any arithmetic. `transform_into` a reused buffer (next \
-                     cell) meets the target.",
+                    "each chunk's fresh 46 MB output is new memory that the kernel faults in on \
+                     first touch: 20.6 ms per chunk in 4 KiB pages (a C probe), 2.5 ms since \
+                     outputs of 4 MiB or more are advised for transparent huge pages (the \
+                     figure was 205 ms before). What is left over `transform_into` (next cell) \
+                     is that zeroing and the machine's load; a reused buffer avoids both.",
                 ),
                 cell(
                     "CPU (into a reused buffer)",
@@ -206,7 +219,12 @@ fn rows() -> Vec<Row> {
                     Criterion("lrr_384ch_8x48_10x30000/transform_device/gpu"),
                     AtMost(190e-3),
                     "≤ 190 ms",
-                    LAVAPIPE_FLOOR,
+                    "the same per-lane indexed loads as the covariance (16 samples' and 16 \
+                     weights' loads per 256 multiply-adds, each a loop over llvmpipe's 8 \
+                     lanes). Measured and not kept: a 4 × 16 tile (2.0 s) and lanes sharing \
+                     one job (1.2 s) against this 16 × 16 tile (0.70 s minimum). On \
+                     llvmpipe the CPU path is the one to run; a hardware GPU coalesces the \
+                     loads.",
                 ),
             ],
         },
@@ -220,13 +238,15 @@ fn rows() -> Vec<Row> {
                     AtMost(50e-6),
                     "≤ 50 µs",
                     "re-solving eight 64 × 64 ridge inverses in f64 (2.1 M multiply-adds) every \
-                     chunk: one cluster's Gauss–Jordan elimination takes 28 µs (~10 G \
-                     multiply-adds/s per core), its solve 40 µs; a blocked elimination (four \
-                     pivots per pass) measured 27 µs — at 64 × 64 the per-row overheads, not \
-                     the arithmetic, dominate. Even at the f64 peak (60 G/s per core, \
-                     measured) the solves alone take ~18 µs of both cores; a symmetric \
-                     (half-work) elimination and a tighter kernel might reach ~100 µs. \
-                     `update_every` (the next cell) amortises the solve and meets the target.",
+                     chunk: one cluster's elimination now takes 10 µs (26 G multiply-adds/s \
+                     per core: four pivots per pass, AVX-512, rows on 64-byte lines; it was 28 \
+                     µs, 367 µs per chunk before), its whole solve 14 µs, so eight clusters \
+                     are ~110 µs of one core. A second core measured no better at this size \
+                     (p50 150–160 µs on one or two threads: waking the pool costs what it \
+                     saves). A rank-20 update of the inverse (Woodbury) costs about as much as \
+                     re-inverting a 64 × 64 block; a symmetric (Cholesky-based, half the \
+                     multiply-adds) inverse might reach ~80 µs. `update_every` (the next \
+                     cell) amortises the solve and meets the target.",
                 ),
                 cell(
                     "CPU, weights re-solved every 30 000 samples (p50)",
@@ -240,7 +260,11 @@ fn rows() -> Vec<Row> {
                     Record("lrr/stream/gpu/30000/p50"),
                     AtMost(2.0 * SMALL_STEP_FLOOR_S),
                     "≤ 2× the probe's round trip (0.2 ms)",
-                    LAVAPIPE_FLOOR,
+                    "a chunk is two submissions: `partial_fit` (upload, covariance pass) and \
+                     `transform` (upload, product, read-back), each paying llvmpipe's submit \
+                     and fence (0.1–0.4 ms under load) for 20 samples of work. A fused \
+                     fit-and-transform call (one upload, one submission) would halve it; a \
+                     hardware GPU's round trip is tens of µs.",
                 ),
             ],
         },
@@ -269,9 +293,13 @@ fn rows() -> Vec<Row> {
                     Criterion("glm_50n_w100_b10_10000steps/gpu"),
                     AtMost(180e-3),
                     "≤ 180 ms",
-                    "10 000 dependent steps, each a dispatch-sized coupling product whose \
-                     storage loads llvmpipe runs lane by lane; a real GPU runs the scan in \
-                     one dispatch per block of steps at full width.",
+                    "perf: 82 % in llvmpipe's JIT code. With the neuron count, window and \
+                     basis width compiled in (pipeline overrides: the ring's divisions became \
+                     constant multiplies) it went from 1.24–1.36 s to 0.85–0.89 s; what is \
+                     left is the coupling loop's ring and coefficient loads, run lane by lane \
+                     with a bounds check each, over 10 000 dependent steps (a workgroup-uniform \
+                     neuron loop measured no better). A hardware GPU runs the same scan at \
+                     full width.",
                 ),
             ],
         },
@@ -311,9 +339,10 @@ fn rows() -> Vec<Row> {
                     Criterion("latency_256x784x100/cpu"),
                     AtMost(2e-3),
                     "≤ 2 ms",
-                    "the unpacked output is 20 MB (one byte per spike slot): writing it takes \
-                     longer than 2 ms at this machine's bandwidth; the packed output is 8× \
-                     smaller.",
+                    "the unpacked output is 20 MB (one byte per spike slot), written at about \
+                     20 GB/s on two cores: 0.97 ms minimum, 1.3–1.4 ms median on a quiet \
+                     machine (non-temporal stores measured 0.70 vs 0.79 ms in a probe). A miss \
+                     is the machine's load; the packed output is 8× smaller.",
                 ),
                 cell(
                     "lavapipe (device, packed)",
@@ -354,7 +383,12 @@ fn rows() -> Vec<Row> {
                     Record("classifier/gpu/10000/device/update+classify"),
                     AtMost(4e-3),
                     "≤ 4 ms",
-                    LAVAPIPE_FLOOR,
+                    "perf and the JIT code (gdb): a quarter to a third of the time is one \
+                     load, the classify kernel's row reads (each lane one row of 10⁴ neurons, \
+                     40 KB from the next) run as a loop over llvmpipe's 8 lanes with a bounds \
+                     check per element; `update` reads the batch the same way. Each call is \
+                     ~4–5 ms at minimum with one read-back; a hardware GPU coalesces the \
+                     loads.",
                 ),
             ],
         },
@@ -417,9 +451,9 @@ fn rows() -> Vec<Row> {
                     AtMost(5e-3),
                     "≤ 5 ms",
                     "each stage costs a millisecond or more per chunk on llvmpipe (the filter \
-                     2.2–3.7 ms since its f64 form, half the double-single cost; threshold \
-                     1.4 ms; LRR and binning) and the p99 follows the machine's load (p50 \
-                     4.9–7.1 ms). Fusing the stages into fewer dispatches would close part of \
+                     0.9–1.2 ms since its coefficients are loaded once per dispatch, 2.0–2.6 \
+                     ms before; threshold 1.4 ms; LRR and binning) and the p99 follows the \
+                     machine's load. Fusing the stages into fewer dispatches would close part of \
                      it; on llvmpipe the CPU path is the one to run.",
                 ),
                 cell(
