@@ -85,7 +85,6 @@ fn neg(a: vec2<f32>) -> vec2<f32> {
     return vec2<f32>(-a.x, -a.y);
 }
 
-// One transposed direct form II section `s` on the pair x, with its state in *z.
 // One section's coefficients, loaded once per dispatch (kept in registers across the rows).
 struct Coef {
     b0: vec4<f32>,
@@ -99,6 +98,8 @@ fn load_coef(s: u32) -> Coef {
     return Coef(coeffs[5u * s], coeffs[5u * s + 1u], coeffs[5u * s + 2u], coeffs[5u * s + 3u], coeffs[5u * s + 4u]);
 }
 
+// One transposed direct form II section with coefficients `k` on the pair x, with its state
+// in *z.
 fn section(z: ptr<function, vec4<f32>>, k: Coef, x: vec2<f32>) -> vec2<f32> {
     let zs = *z;
     let xs = split(x.x);

@@ -62,7 +62,7 @@ impl Net {
         base: f64,
     ) -> Net {
         let mut r = rng(seed);
-        let basis = if nb >= 2 && ws > 0 {
+        let basis = if nb >= 2 {
             RaisedCosineLogEval::new(nb)
                 .evaluate_on_grid(ws)
                 .expect("basis")

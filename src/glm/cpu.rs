@@ -85,7 +85,6 @@ unsafe fn dot_avx2(a: &[f64], b: &[f64]) -> f64 {
     s
 }
 
-/// `y += v·x`.
 /// `out[i] = coef_i · conv` for the `n = out.len()` rows of `coef` (each `conv.len()` long),
 /// four rows at a time: one load of `conv` feeds four rows and eight independent FMA chains
 /// (the one-row dot is bound by its two loads per FMA and its four chains' latency).
@@ -143,6 +142,7 @@ fn mat_vec(coef: &[f64], conv: &[f64], out: &mut [f64]) {
     }
 }
 
+/// `y += v·x`.
 #[inline(always)]
 fn axpy(y: &mut [f64], v: f64, x: &[f64]) {
     for (o, &b) in y.iter_mut().zip(x) {

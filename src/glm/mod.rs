@@ -395,9 +395,10 @@ impl RecurrentGlm {
     ///
     /// # Errors
     /// [`Error::Shape`] for a wrong rank, inconsistent neuron counts or basis counts (the
-    /// seed's checks) or a basis of no rows (no lags), [`Error::NonFinite`] for a NaN or infinity; on the GPU, an
-    /// [`Error::InvalidSetting`] when one trial's step does not fit the loop budget or the
-    /// coupling matrix does not fit one storage binding, and device errors.
+    /// seed's checks) or a basis of no rows (no lags), [`Error::NonFinite`] for a NaN or
+    /// infinity; on the GPU, an [`Error::InvalidSetting`] when one trial's step does not fit
+    /// the loop budget or the coupling matrix does not fit one storage binding, and device
+    /// errors.
     pub fn new(
         engine: &Engine,
         coupling_coef: ArrayViewD<'_, f64>,
