@@ -33,6 +33,9 @@
 // for ≤) so that comparing in f32 equals comparing against the exact f64 threshold.
 
 override WG_SIZE: u32 = 64u;
+// MODE_* bits, fixed per operator and compiled in: llvmpipe runs both sides of a branch on a
+// uniform value (the running statistics' square root and division every row, in every mode).
+override MODE: u32 = 0u;
 
 const MODE_PEAK: u32 = 1u;
 const MODE_ALIGN: u32 = 2u;
@@ -52,7 +55,7 @@ struct Params {
     rows: u32,            // rows in this piece
     row0: u32,            // first row of this piece within the chunk
     capacity: u32,        // slots per channel
-    mode: u32,            // MODE_* bits
+    pad: u32,
     refrac: u32,          // refractory width in samples
     max_width: u32,       // peak window in samples (≥ 1)
     min_width: u32,       // minimum run in samples (≤ max_width)
@@ -95,10 +98,10 @@ fn detect(
     let cap = params.capacity;
     let thr = thresholds[c];
     let positive = thr.y > 0.0;
-    let peak_mode = (params.mode & MODE_PEAK) != 0u;
-    let align = (params.mode & MODE_ALIGN) != 0u;
-    let ret_val = (params.mode & MODE_VALUE) != 0u;
-    let autoscale = (params.mode & MODE_AUTOSCALE) != 0u;
+    let peak_mode = (MODE & MODE_PEAK) != 0u;
+    let align = (MODE & MODE_ALIGN) != 0u;
+    let ret_val = (MODE & MODE_VALUE) != 0u;
+    let autoscale = (MODE & MODE_AUTOSCALE) != 0u;
 
     var st = state_in[c];
     var started = (st.flags & FLAG_STARTED) != 0u;
@@ -108,21 +111,33 @@ fn detect(
     if params.row0 != 0u {
         count = counts[c];
     }
+    // Every parameter the row loop reads, loaded once: llvmpipe reloads (and bounds-checks) a
+    // buffer read inside a loop that also stores to a buffer.
+    let rows = params.rows;
+    let row0 = params.row0;
+    let alpha = params.alpha;
+    let one_minus_alpha = params.one_minus_alpha;
+    let max_width = params.max_width;
+    let min_width = params.min_width;
+    let refrac = params.refrac;
+    var bad = SINCE_NEVER; // the first row holding a non-finite sample, if any
 
-    for (var i = 0u; i < params.rows; i++) {
+    for (var i = 0u; i < rows; i++) {
         let x = samples[i * stride + c];
-        let t = params.row0 + i;
+        let t = row0 + i;
         // Non-finite by its bits (NaN comparisons may be optimised away).
+        // The atomic comes after the loop: llvmpipe runs an atomic as a loop over its lanes,
+        // which inside the row loop costs every row that loop even when no lane takes it.
         if (bitcast<u32>(x) & 0x7f800000u) == 0x7f800000u {
-            atomicMax(&status[0], ~t);
+            bad = t;
             break;
         }
         var d = x;
         if autoscale {
             if started {
                 let delta = x - st.mean;
-                st.mean = st.mean + params.alpha * delta;
-                st.variance = params.one_minus_alpha * (st.variance + params.alpha * delta * delta);
+                st.mean = st.mean + alpha * delta;
+                st.variance = one_minus_alpha * (st.variance + alpha * delta * delta);
             } else {
                 st.mean = x;
                 st.variance = 0.0;
@@ -145,19 +160,19 @@ fn detect(
                     st.peak_val = x;
                     st.peak_off = st.run - 1u;
                 }
-                resolved = st.run >= params.max_width;
+                resolved = st.run >= max_width;
                 back = st.run - 1u;
             }
             if resolved {
                 open = false;
-                if over || st.run >= params.min_width {
+                if over || st.run >= min_width {
                     emit = true;
                     st.since = back - select(0u, st.peak_off, align);
                     value = select(1.0, st.peak_val, ret_val);
                 }
             }
-        } else if over && !prev_over && started && st.since > params.refrac {
-            if !peak_mode || params.max_width <= 1u {
+        } else if over && !prev_over && started && st.since > refrac {
+            if !peak_mode || max_width <= 1u {
                 emit = true;
                 st.since = 0u;
                 value = select(1.0, x, ret_val);
@@ -179,6 +194,9 @@ fn detect(
         started = true;
     }
 
+    if bad != SINCE_NEVER {
+        atomicMax(&status[0], ~bad);
+    }
     st.flags = select(0u, FLAG_STARTED, started) | select(0u, FLAG_PREV_OVER, prev_over)
         | select(0u, FLAG_OPEN, open);
     state_out[c] = st;

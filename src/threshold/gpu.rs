@@ -71,7 +71,7 @@ struct DispatchParams {
     rows: u32,
     row0: u32,
     capacity: u32,
-    mode: u32,
+    pad: u32,
     refrac: u32,
     max_width: u32,
     min_width: u32,
@@ -142,6 +142,24 @@ fn max_events(n: usize) -> u32 {
     (n.div_ceil(2) + 1).min(u32::MAX as usize) as u32
 }
 
+/// The shader's `MODE` override for `p`.
+fn mode_bits(p: &Params) -> u32 {
+    let mut mode = 0u32;
+    if p.peak_mode {
+        mode |= 1;
+    }
+    if p.align {
+        mode |= 2;
+    }
+    if p.return_val {
+        mode |= 4;
+    }
+    if p.alpha > 0.0 {
+        mode |= 8;
+    }
+    mode
+}
+
 impl GpuThreshold {
     /// The committed state copy and the channel count it was set up for.
     pub(crate) fn mark(&self) -> (usize, Option<usize>) {
@@ -154,11 +172,12 @@ impl GpuThreshold {
         self.init_for = init_for;
     }
 
-    pub(crate) fn new(ctx: &Arc<GpuContext>) -> Result<Self> {
+    /// The pipeline is compiled for `p`'s mode (the operator's settings do not change).
+    pub(crate) fn new(ctx: &Arc<GpuContext>, p: &Params) -> Result<Self> {
         let pipeline = ctx.pipeline(
             &THRESHOLD,
             "detect",
-            &[("WG_SIZE", WG_SIZE as f64)],
+            &[("WG_SIZE", WG_SIZE as f64), ("MODE", mode_bits(p) as f64)],
             &LAYOUT,
         )?;
         let status = ctx.scoped(|| ctx.storage(16, "neurokernels.threshold.status"))?;
@@ -417,19 +436,6 @@ impl GpuThreshold {
             )));
         }
 
-        let mut mode = 0u32;
-        if p.peak_mode {
-            mode |= 1;
-        }
-        if p.align {
-            mode |= 2;
-        }
-        if p.return_val {
-            mode |= 4;
-        }
-        if p.alpha > 0.0 {
-            mode |= 8;
-        }
         let mut dispatches = Vec::new(); // (params, row0, rows, c0, group)
         let n64 = n as u64;
         let mut row0 = 0u64;
@@ -446,7 +452,7 @@ impl GpuThreshold {
                         rows: rows as u32,
                         row0: row0 as u32,
                         capacity: cap,
-                        mode,
+                        pad: 0,
                         refrac: p.refrac as u32,
                         max_width: p.max_width as u32,
                         min_width: p.min_width as u32,

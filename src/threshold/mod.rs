@@ -423,7 +423,7 @@ impl ThresholdCrossing {
         };
         let state = match engine {
             Engine::Cpu => EngineState::Cpu(Box::default()),
-            Engine::Gpu(ctx) => EngineState::Gpu(Box::new(gpu::GpuThreshold::new(ctx)?)),
+            Engine::Gpu(ctx) => EngineState::Gpu(Box::new(gpu::GpuThreshold::new(ctx, &params)?)),
         };
         Ok(ThresholdCrossing {
             settings,
