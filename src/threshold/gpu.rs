@@ -104,6 +104,8 @@ struct RunOut {
 pub(crate) struct GpuThreshold {
     ctx: Arc<GpuContext>,
     pipeline: wgpu::ComputePipeline,
+    /// The `MODE` the pipeline was compiled for (every call passes the operator's own params).
+    mode: u32,
     /// State buffers (`STATE_BYTES` per channel); `states[committed]` is the accepted state.
     states: Vec<TrackedBuffer>,
     committed: usize,
@@ -174,16 +176,18 @@ impl GpuThreshold {
 
     /// The pipeline is compiled for `p`'s mode (the operator's settings do not change).
     pub(crate) fn new(ctx: &Arc<GpuContext>, p: &Params) -> Result<Self> {
+        let mode = mode_bits(p);
         let pipeline = ctx.pipeline(
             &THRESHOLD,
             "detect",
-            &[("WG_SIZE", WG_SIZE as f64), ("MODE", mode_bits(p) as f64)],
+            &[("WG_SIZE", WG_SIZE as f64), ("MODE", mode as f64)],
             &LAYOUT,
         )?;
         let status = ctx.scoped(|| ctx.storage(16, "neurokernels.threshold.status"))?;
         Ok(GpuThreshold {
             ctx: ctx.clone(),
             pipeline,
+            mode,
             states: Vec::new(),
             committed: 0,
             init_for: None,
@@ -394,6 +398,7 @@ impl GpuThreshold {
         cap: u32,
         read_slots: bool,
     ) -> Result<(usize, Vec<u32>, u32, Option<Vec<u8>>)> {
+        debug_assert_eq!(mode_bits(p), self.mode, "params of another operator");
         let ctx = self.ctx.clone();
         let limits = ctx.limits();
         let a_s = limits.min_storage_buffer_offset_alignment as u64;
