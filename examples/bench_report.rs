@@ -126,7 +126,9 @@ fn rows() -> Vec<Row> {
                     AtMost(4e-6),
                     "≤ 4 µs",
                     "a 1 ms chunk is 46 KB: the fixed cost per call (validation, plan, \
-                     output array) is now a third of it.",
+                     output array) is a third of it, and it follows the CPU: 3.8 µs on the \
+                     AMD EPYC of 2026-12-03, 6.2 µs on the Intel Xeon of 2026-12-05 (same \
+                     code).",
                 ),
                 cell(
                     "lavapipe (p99)",
@@ -186,9 +188,11 @@ fn rows() -> Vec<Row> {
                      Each invocation's 16 × 16 tile reads 32 channels per sample by index; \
                      llvmpipe runs each such load as a loop over its 8 lanes with a bounds \
                      check per element, and the 256 accumulators spill to a 150 KB stack \
-                     frame. A layout where a workgroup's lanes share each sample's row loads \
-                     (uniform addresses: one scalar load for all lanes) might halve it; a \
-                     hardware GPU coalesces these loads.",
+                     frame. A load probe (2026-12-05) found a uniform-address load and a \
+                     workgroup-memory load cost as much as a per-lane one here (~0.7 ns per \
+                     lane), so lanes sharing rows cannot help; a vec4 load brings 4 floats for \
+                     the price of 2, so a path for clusters of consecutive, 4-aligned channels \
+                     might save up to half the load time. A hardware GPU coalesces these loads.",
                 ),
             ],
         },
@@ -452,7 +456,8 @@ fn rows() -> Vec<Row> {
                     "≤ 5 ms",
                     "each stage costs a millisecond or more per chunk on llvmpipe (the filter \
                      0.9–1.2 ms since its coefficients are loaded once per dispatch, 2.0–2.6 \
-                     ms before; threshold 1.4 ms; LRR and binning) and the p99 follows the \
+                     ms before; threshold 0.7 ms since its mode is compiled in, 1.1–1.4 ms \
+                     before; LRR's transform 1.7 ms; binning and read-back 0.3 ms) and the p99 follows the \
                      machine's load. Fusing the stages into fewer dispatches would close part of \
                      it; on llvmpipe the CPU path is the one to run.",
                 ),
