@@ -11,6 +11,12 @@
 //   transform  one workgroup per (16 samples, job): Y = X·(I − W) for 16 output channels of a
 //              cluster, or a copy of 16 pass-through channels.
 //
+// This file is the shared part. The bindings of the chunk `x`, of `I − W` (`m`) and of the
+// output `y`, the accessors `row4` and `set_m` and the `transform` entry point come from one
+// of two layout files appended to it: `lrr_any.wgsl` (f32 arrays, any channel layout) or
+// `lrr_quad.wgsl` (vec4 arrays, for layouts of aligned runs of 4 consecutive channels, where
+// one vector load replaces four scalar ones; src/lrr/gpu.rs picks the module).
+//
 // Double-f32 ("dd") arithmetic needs its roundings to happen exactly as written. WGSL lets
 // the compiler reassociate and simplify float expressions (Mesa rewrites (a + b) − a to b,
 // which turns a two-sum into 0), so every intermediate of a two-sum, two-product or
@@ -48,7 +54,6 @@ struct Cluster {
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> tiles: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> idx: array<u32>;
 @group(0) @binding(4) var<storage, read_write> partials: array<vec2<f32>>;
@@ -56,9 +61,7 @@ struct Cluster {
 @group(0) @binding(6) var<storage, read_write> c_dst: array<vec2<f32>>;
 @group(0) @binding(7) var<storage, read> clusters: array<Cluster>;
 @group(0) @binding(8) var<storage, read_write> scratch: array<vec2<f32>>;
-@group(0) @binding(9) var<storage, read_write> m: array<f32>;
 @group(0) @binding(10) var<storage, read_write> flags: array<u32>;
-@group(0) @binding(11) var<storage, read_write> y: array<f32>;
 @group(0) @binding(12) var<storage, read> jobs: array<vec4<u32>>;
 
 const SENT: u32 = 0xffffffffu;
@@ -156,6 +159,24 @@ fn outer(a: mat4x4<f32>, r: vec4<f32>, c: vec4<f32>) -> mat4x4<f32> {
     );
 }
 
+// Four 4×4 blocks side by side: block row I of a 16×16 register tile.
+struct Band {
+    b0: mat4x4<f32>,
+    b1: mat4x4<f32>,
+    b2: mat4x4<f32>,
+    b3: mat4x4<f32>,
+}
+
+fn zero_band() -> Band {
+    let z = mat4x4<f32>();
+    return Band(z, z, z, z);
+}
+
+// Block J of the band gains r·c_Jᵀ.
+fn band_outer(a: Band, r: vec4<f32>, c0: vec4<f32>, c1: vec4<f32>, c2: vec4<f32>, c3: vec4<f32>) -> Band {
+    return Band(outer(a.b0, r, c0), outer(a.b1, r, c1), outer(a.b2, r, c2), outer(a.b3, r, c3));
+}
+
 fn opq4(v: vec4<f32>) -> vec4<f32> {
     return bitcast<vec4<f32>>(bitcast<vec4<u32>>(v) | vec4<u32>(P.zero));
 }
@@ -173,10 +194,6 @@ fn fold_m(d: DDM, v: mat4x4<f32>) -> DDM {
     let c2 = fold4(d.hi[2], d.lo[2], v[2]);
     let c3 = fold4(d.hi[3], d.lo[3], v[3]);
     return DDM(mat4x4<f32>(c0.hi, c1.hi, c2.hi, c3.hi), mat4x4<f32>(c0.lo, c1.lo, c2.lo, c3.lo));
-}
-
-fn row4(base: u32, r: vec4<u32>) -> vec4<f32> {
-    return vec4<f32>(x[base + r.x], x[base + r.y], x[base + r.z], x[base + r.w]);
 }
 
 // Element `at` (= invocation·256 + e) of the tile: to `partials`, or with one split straight
@@ -507,7 +524,7 @@ fn solve(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index)
                         w = 0.0;
                     }
                 }
-                m[cl.m_off + a * k + b] = select(0.0, 1.0, a == b) - w;
+                set_m(cl.m_off + a * k + b, select(0.0, 1.0, a == b) - w);
             }
         }
     }
@@ -519,50 +536,43 @@ fn solve(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index)
 // ---------------------------------------------------------------------------------------------
 // Block-diagonal application Y = X·(I − W)
 //
-// One invocation = 16 samples × one job: 16 output channels of a cluster, a 16×16 register
-// tile in 16 mat4x4 (block (I, J): samples 4I.., outputs 4J..; 32 loads per step of the
-// contraction feed 256 multiply-adds), or a copy of up to 16 pass-through channels.
+// One invocation = 16 samples × one job: 16 output channels of a cluster (a 16×16 register
+// tile, `transform_cluster` of the layout file) or a copy of up to 16 pass-through channels.
 
-fn mcol(at: u32, c: u32, n_c: u32) -> f32 {
-    return select(0.0, m[at + min(c, n_c - 1u)], c < n_c);
+// Row offsets (in elements of `x`, `stride` per row) of samples s0 .. s0 + 15, clamped to the
+// last row: samples 4I .. 4I + 3 in wI.
+struct Rows16 {
+    w0: vec4<u32>,
+    w1: vec4<u32>,
+    w2: vec4<u32>,
+    w3: vec4<u32>,
 }
 
-fn m4(at: u32, c: u32, n_c: u32) -> vec4<f32> {
-    return vec4<f32>(mcol(at, c, n_c), mcol(at, c + 1u, n_c), mcol(at, c + 2u, n_c), mcol(at, c + 3u, n_c));
+fn rows16(s0: u32, stride: u32) -> Rows16 {
+    let last = vec4<u32>(P.n_rows - 1u);
+    let i4 = vec4<u32>(0u, 1u, 2u, 3u);
+    return Rows16(
+        min(vec4<u32>(s0) + i4, last) * stride,
+        min(vec4<u32>(s0 + 4u) + i4, last) * stride,
+        min(vec4<u32>(s0 + 8u) + i4, last) * stride,
+        min(vec4<u32>(s0 + 12u) + i4, last) * stride,
+    );
 }
 
-fn x4(rows: vec4<u32>, ch: u32) -> vec4<f32> {
-    return vec4<f32>(x[rows.x + ch], x[rows.y + ch], x[rows.z + ch], x[rows.w + ch]);
+// Writes the tile of bands a0 .. a3 (block rows I = 0 .. 3) with the layout file's
+// `store_block` (outputs past the cluster and samples past the chunk are skipped).
+fn store_tile(cl: Cluster, s0: u32, c0: u32, a0: Band, a1: Band, a2: Band, a3: Band) {
+    store_band(cl, s0, c0, 0u, a0);
+    store_band(cl, s0, c0, 1u, a1);
+    store_band(cl, s0, c0, 2u, a2);
+    store_band(cl, s0, c0, 3u, a3);
 }
 
-// Writes column c (tile-local) of block (I, J), i.e. output channel c0 + c, samples
-// s0 + 4I ..: `v` holds the 4 samples.
-fn store_col(cl: Cluster, s0: u32, i: u32, c0: u32, c: u32, v: vec4<f32>) {
-    if (c0 + c >= cl.k) {
-        return;
-    }
-    let ch = idx[cl.mem_off + c0 + c];
-    let s = s0 + 4u * i;
-    let nc = P.n_ch;
-    if (s < P.n_rows) {
-        y[s * nc + ch] = v.x;
-    }
-    if (s + 1u < P.n_rows) {
-        y[(s + 1u) * nc + ch] = v.y;
-    }
-    if (s + 2u < P.n_rows) {
-        y[(s + 2u) * nc + ch] = v.z;
-    }
-    if (s + 3u < P.n_rows) {
-        y[(s + 3u) * nc + ch] = v.w;
-    }
-}
-
-fn store_block(cl: Cluster, s0: u32, c0: u32, i: u32, j: u32, a: mat4x4<f32>) {
-    store_col(cl, s0, i, c0, 4u * j, a[0]);
-    store_col(cl, s0, i, c0, 4u * j + 1u, a[1]);
-    store_col(cl, s0, i, c0, 4u * j + 2u, a[2]);
-    store_col(cl, s0, i, c0, 4u * j + 3u, a[3]);
+fn store_band(cl: Cluster, s0: u32, c0: u32, i: u32, a: Band) {
+    store_block(cl, s0, c0, i, 0u, a.b0);
+    store_block(cl, s0, c0, i, 1u, a.b1);
+    store_block(cl, s0, c0, i, 2u, a.b2);
+    store_block(cl, s0, c0, i, 3u, a.b3);
 }
 
 @compute @workgroup_size(64)
@@ -578,88 +588,17 @@ fn transform(
         return;
     }
     let job = jobs[job_i];
-    let nc = P.n_ch;
-    let s_end = min(s0 + 16u, P.n_rows);
     if (job.x == 1u) {
         // Pass-through channels idx[job.y ..][..job.w].
+        let nc = P.n_ch;
+        let s_end = min(s0 + 16u, P.n_rows);
         for (var c = 0u; c < job.w; c++) {
             let ch = idx[job.y + c];
             for (var s = s0; s < s_end; s++) {
-                y[s * nc + ch] = x[s * nc + ch];
+                copy_x(s * nc + ch);
             }
         }
         return;
     }
-    let cl = clusters[job.y];
-    let k = cl.k;
-    let c0 = job.z;
-    let n_c = min(16u, k - c0);
-    let last = vec4<u32>(P.n_rows - 1u);
-    let i4 = vec4<u32>(0u, 1u, 2u, 3u);
-    let w0 = min(vec4<u32>(s0) + i4, last) * nc;
-    let w1 = min(vec4<u32>(s0 + 4u) + i4, last) * nc;
-    let w2 = min(vec4<u32>(s0 + 8u) + i4, last) * nc;
-    let w3 = min(vec4<u32>(s0 + 12u) + i4, last) * nc;
-    let zm = mat4x4<f32>();
-
-    var a00 = zm;
-    var a01 = zm;
-    var a02 = zm;
-    var a03 = zm;
-    var a10 = zm;
-    var a11 = zm;
-    var a12 = zm;
-    var a13 = zm;
-    var a20 = zm;
-    var a21 = zm;
-    var a22 = zm;
-    var a23 = zm;
-    var a30 = zm;
-    var a31 = zm;
-    var a32 = zm;
-    var a33 = zm;
-    for (var a = 0u; a < k; a++) {
-        let ch = idx[cl.mem_off + a];
-        let mr = cl.m_off + a * k + c0;
-        let x0 = x4(w0, ch);
-        let x1 = x4(w1, ch);
-        let x2 = x4(w2, ch);
-        let x3 = x4(w3, ch);
-        let m0 = m4(mr, 0u, n_c);
-        let m1 = m4(mr, 4u, n_c);
-        let m2 = m4(mr, 8u, n_c);
-        let m3 = m4(mr, 12u, n_c);
-        a00 = outer(a00, x0, m0);
-        a01 = outer(a01, x0, m1);
-        a02 = outer(a02, x0, m2);
-        a03 = outer(a03, x0, m3);
-        a10 = outer(a10, x1, m0);
-        a11 = outer(a11, x1, m1);
-        a12 = outer(a12, x1, m2);
-        a13 = outer(a13, x1, m3);
-        a20 = outer(a20, x2, m0);
-        a21 = outer(a21, x2, m1);
-        a22 = outer(a22, x2, m2);
-        a23 = outer(a23, x2, m3);
-        a30 = outer(a30, x3, m0);
-        a31 = outer(a31, x3, m1);
-        a32 = outer(a32, x3, m2);
-        a33 = outer(a33, x3, m3);
-    }
-    store_block(cl, s0, c0, 0u, 0u, a00);
-    store_block(cl, s0, c0, 0u, 1u, a01);
-    store_block(cl, s0, c0, 0u, 2u, a02);
-    store_block(cl, s0, c0, 0u, 3u, a03);
-    store_block(cl, s0, c0, 1u, 0u, a10);
-    store_block(cl, s0, c0, 1u, 1u, a11);
-    store_block(cl, s0, c0, 1u, 2u, a12);
-    store_block(cl, s0, c0, 1u, 3u, a13);
-    store_block(cl, s0, c0, 2u, 0u, a20);
-    store_block(cl, s0, c0, 2u, 1u, a21);
-    store_block(cl, s0, c0, 2u, 2u, a22);
-    store_block(cl, s0, c0, 2u, 3u, a23);
-    store_block(cl, s0, c0, 3u, 0u, a30);
-    store_block(cl, s0, c0, 3u, 1u, a31);
-    store_block(cl, s0, c0, 3u, 2u, a32);
-    store_block(cl, s0, c0, 3u, 3u, a33);
+    transform_cluster(clusters[job.y], job.z, s0);
 }

@@ -43,10 +43,24 @@ pub const CLASSIFIER: Shader = Shader {
     source: include_str!("../shaders/classifier.wgsl"),
 };
 
-/// Covariance accumulation and linear regression rereferencing (SPEC §2).
+/// Covariance accumulation and linear regression rereferencing (SPEC §2), for any channel
+/// layout: the shared kernels with `lrr_any.wgsl` appended.
 pub const LRR: Shader = Shader {
     name: "lrr",
-    source: include_str!("../shaders/lrr.wgsl"),
+    source: concat!(
+        include_str!("../shaders/lrr.wgsl"),
+        include_str!("../shaders/lrr_any.wgsl")
+    ),
+};
+
+/// The same kernels for layouts of aligned 4-channel runs (vector loads and stores): the
+/// shared kernels with `lrr_quad.wgsl` appended.
+pub const LRR_QUAD: Shader = Shader {
+    name: "lrr_quad",
+    source: concat!(
+        include_str!("../shaders/lrr.wgsl"),
+        include_str!("../shaders/lrr_quad.wgsl")
+    ),
 };
 
 /// Recurrent Poisson GLM simulation (SPEC §3); Philox is prepended.
@@ -98,7 +112,7 @@ pub const NEEDS_F64: &[Shader] = &[FILTER_F64];
 
 /// Every shader of the crate that runs on any device, for validation.
 pub const ALL: &[Shader] = &[
-    BINNING, THRESHOLD, PHILOX, ENCODERS, CLASSIFIER, LRR, GLM, FILTER, REFERENCE, SYNTH,
+    BINNING, THRESHOLD, PHILOX, ENCODERS, CLASSIFIER, LRR, LRR_QUAD, GLM, FILTER, REFERENCE, SYNTH,
 ];
 
 #[cfg(test)]

@@ -379,6 +379,59 @@ fn transform_host_and_device(eng: Eng) {
     }
 }
 
+/// The quad kernels (`lrr_quad.wgsl`, layouts of aligned 4-channel runs) give the bits of
+/// the kernels for any layout: an aligned layout of 28 channels (clusters of 4 and 20, a
+/// partial 16-output job, 4 pass-through channels) against the same data with a 29th
+/// channel appended (29 is no multiple of 4: the general kernels). `C`, `W` and `Y` (host and
+/// device chunks of 1, 13 and 1037 rows, an empty one) are equal; which kernels ran is
+/// asserted, and which layouts qualify.
+fn transform_quad_kernels_match_any_layout(eng: Eng) {
+    let cl: Vec<Vec<usize>> = vec![(0..4).collect(), (4..24).collect()];
+    let x29 = common_ref(1037, 29, 0.3, 16);
+    let x28 = x29.slice(s![.., 0..28]).to_owned();
+    let mut quad = lrr(eng, settings(Some(cl.clone()), 0.0));
+    let mut any = lrr(eng, settings(Some(cl.clone()), 0.0));
+    for w in [0usize, 1, 500, 1037].windows(2) {
+        quad.partial_fit(x28.slice(s![w[0]..w[1], ..])).unwrap();
+        any.partial_fit(x29.slice(s![w[0]..w[1], ..])).unwrap();
+    }
+    let gpu_eng = eng == Eng::Gpu;
+    assert_eq!(quad.quad_kernels(), gpu_eng.then_some(true));
+    assert_eq!(any.quad_kernels(), gpu_eng.then_some(false));
+    let (cq, ca) = (quad.covariance().unwrap(), any.covariance().unwrap());
+    assert_eq!(cq, ca.slice(s![0..28, 0..28]));
+    let (wq, wa) = (quad.weights().unwrap(), any.weights().unwrap());
+    assert_eq!(wq, wa.slice(s![0..28, 0..28]));
+    assert!(wq[[5, 6]] != 0.0);
+    for rows in [0usize, 1, 13, 1037] {
+        let yq = quad.transform(x28.slice(s![0..rows, ..])).unwrap();
+        let ya = any.transform(x29.slice(s![0..rows, ..])).unwrap();
+        assert_eq!(yq, ya.slice(s![.., 0..28]), "{rows} rows");
+        if gpu_eng && rows > 0 {
+            let Engine::Gpu(ctx) = gpu() else {
+                unreachable!()
+            };
+            let d = DeviceArray::upload(&ctx, x28.slice(s![0..rows, ..]).into_dyn()).unwrap();
+            let yd = quad.transform_device(&d).unwrap();
+            let yh: Array2<f32> = yd.to_host::<f32>().unwrap().into_dimensionality().unwrap();
+            assert_eq!(yh, yq, "{rows} device rows");
+        }
+    }
+    // Layouts that do not qualify: a cluster off the 4-grid, a size no multiple of 4, a
+    // cluster with a gap; one that does: no clusters at all (one of every channel).
+    let y8 = common_ref(40, 8, 0.3, 17);
+    for (clusters, want) in [
+        (Some(vec![(1..5).collect::<Vec<_>>()]), false),
+        (Some(vec![(0..6).collect()]), false),
+        (Some(vec![vec![0, 1, 2, 4]]), false),
+        (None, true),
+    ] {
+        let mut op = lrr(eng, settings(clusters.clone(), 0.0));
+        op.fit(y8.view()).unwrap();
+        assert_eq!(op.quad_kernels(), gpu_eng.then_some(want), "{clusters:?}");
+    }
+}
+
 /// Chunks large enough for the CPU engine's multi-threaded path (clusters read in place:
 /// contiguous, sizes multiple of 16; a scattered cluster; pass-through channels): `C`, `Y`
 /// and `transform_into` against the truth; a NaN is skipped, ±inf and too-large values are
@@ -1192,6 +1245,7 @@ both!(
     fit_matches_truth,
     partial_fit_sequences,
     transform_host_and_device,
+    transform_quad_kernels_match_any_layout,
     large_chunks,
     closed_form_residuals,
     precision_condition_numbers,

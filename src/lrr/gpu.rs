@@ -15,7 +15,7 @@ use crate::gpu::{
     grid, reusable_output, write_padded, Binding, DType, DeviceArray, GpuContext, GrowBuffer,
     TrackedBuffer,
 };
-use crate::shaders::LRR;
+use crate::shaders::{LRR, LRR_QUAD};
 
 /// Group 0 of `lrr.wgsl`, binding by binding.
 const LAYOUT: [Binding; 13] = [
@@ -40,6 +40,28 @@ const SENT: u32 = u32::MAX;
 const TARGET_LANES: usize = 1024;
 /// Fewest samples per accumulation invocation (when the chunk has that many).
 const MIN_SPLIT: usize = 256;
+/// Entries of padding after the last cluster's block of `I − W`: the quad transform reads up
+/// to 12 entries past it (into outputs it never stores).
+const M_PAD: usize = 16;
+
+/// Whether `members`, cut into runs of 4, is made of aligned consecutive quads: each run
+/// starts at a multiple of 4 and counts up by one (the last run may be shorter).
+fn aligned_quads(members: &[usize]) -> bool {
+    members
+        .chunks(4)
+        .all(|q| q[0].is_multiple_of(4) && q.iter().enumerate().all(|(i, &c)| c == q[0] + i))
+}
+
+/// Whether the quad module (`lrr_quad.wgsl`) serves `layout`: the channel count a multiple
+/// of 4, every group of aligned quads, every cluster of whole aligned quads.
+fn quad_layout(layout: &Layout) -> bool {
+    layout.n.is_multiple_of(4)
+        && layout.groups.iter().all(|g| aligned_quads(g))
+        && layout
+            .clusters
+            .iter()
+            .all(|c| c.len().is_multiple_of(4) && aligned_quads(c))
+}
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, Pod, Zeroable)]
@@ -95,6 +117,8 @@ pub(crate) struct GpuLrr {
     n_jobs: usize,
     /// Clusters solved on the device (a prefix; the rest are solved on the host).
     n_gpu_clusters: usize,
+    /// Whether the accumulation and the transform run from `lrr_quad.wgsl`.
+    quad: bool,
     /// `C` in three copies; `cur` holds the statistics.
     c: [TrackedBuffer; 3],
     cur: usize,
@@ -184,11 +208,11 @@ impl GpuLrr {
             }
         }
         let m_len = m_off;
-        if m_len * 4 > max_binding {
+        if (m_len + M_PAD) * 4 > max_binding {
             return Err(Error::shape(
                 "channel_clusters",
                 format!("cluster blocks of W within one device binding ({max_binding} bytes)"),
-                format!("{} bytes", m_len * 4),
+                format!("{} bytes", (m_len + M_PAD) * 4),
             ));
         }
         let mut jobs: Vec<[u32; 4]> = Vec::new();
@@ -203,7 +227,7 @@ impl GpuLrr {
             jobs.push([1, pass_off + 16 * j as u32, 0, chunk.len() as u32]);
         }
         let identity: Vec<f32> = {
-            let mut m = vec![0f32; m_len.max(1)];
+            let mut m = vec![0f32; m_len + M_PAD];
             for c in &cluster_rows {
                 for a in 0..c.k as usize {
                     m[c.m_off as usize + a * c.k as usize + a] = 1.0;
@@ -212,6 +236,8 @@ impl GpuLrr {
             m
         };
         let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+        let quad = quad_layout(layout);
+        let fast = if quad { &LRR_QUAD } else { &LRR };
         ctx.scoped(|| {
             Ok(GpuLrr {
                 ctx: ctx.clone(),
@@ -233,6 +259,7 @@ impl GpuLrr {
                 n_tiles,
                 n_jobs: jobs.len(),
                 n_gpu_clusters,
+                quad,
                 c: [
                     ctx.storage(c_bytes as u64, "lrr-c-a")?,
                     ctx.storage(c_bytes as u64, "lrr-c-b")?,
@@ -254,12 +281,17 @@ impl GpuLrr {
                 dummy_w: ctx.storage(16, "lrr-dummy-w")?,
                 dev_out: None,
                 pending: None,
-                pipe_tiles: ctx.pipeline(&LRR, "cov_tiles", &[], &LAYOUT)?,
+                pipe_tiles: ctx.pipeline(fast, "cov_tiles", &[], &LAYOUT)?,
                 pipe_fold: ctx.pipeline(&LRR, "cov_fold", &[], &LAYOUT)?,
                 pipe_solve: ctx.pipeline(&LRR, "solve", &[], &LAYOUT)?,
-                pipe_transform: ctx.pipeline(&LRR, "transform", &[], &LAYOUT)?,
+                pipe_transform: ctx.pipeline(fast, "transform", &[], &LAYOUT)?,
             })
         })
+    }
+
+    /// Whether this layout runs the quad kernels (vector loads of 4 channels).
+    pub fn quad(&self) -> bool {
+        self.quad
     }
 
     /// Drops the per-chunk buffers, sized for the largest chunk so far.

@@ -642,6 +642,18 @@ impl Lrr {
         self.layout.as_ref().map(|l| l.full)
     }
 
+    /// Whether the GPU engine reads and writes this layout's channels four at a time
+    /// (`shaders/lrr_quad.wgsl`): the channel count a multiple of 4, and every cluster made of
+    /// runs of 4 consecutive channels that start at a multiple of 4 (as in the chain's
+    /// clusters of 48). The results are the same bits either way; the quad kernels load half
+    /// as often. `None` on the CPU engine or before the channel count is known.
+    pub fn quad_kernels(&self) -> Option<bool> {
+        match &self.state {
+            Some(EngineState::Gpu(g)) => Some(g.quad()),
+            _ => None,
+        }
+    }
+
     /// Forgets the statistics and fitted weights (preloaded weights come back; the channel
     /// count is kept only when weights were preloaded).
     pub fn reset(&mut self) -> Result<()> {
