@@ -54,6 +54,8 @@ struct Win {
 override KIND: u32 = 0u;
 override AGG: u32 = 0u;
 override SCALE: bool = false;
+// The dense input's element type (u8 when true, else f32; `Params.input_u8` holds the same).
+override INPUT_U8: bool = false;
 
 // No sample seen yet in the open bin (a finite sentinel: some compilers assume no infinities).
 const NO_MAX: f32 = -3.4028235e38;
@@ -86,7 +88,7 @@ fn thread_id(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
 
 fn sample_value(s: u32, c: u32) -> f32 {
     let i = s * P.n_ch + c;
-    if (P.input_u8 == 1u) {
+    if (INPUT_U8) {
         let word = input[i >> 2u];
         return f32((word >> ((i & 3u) * 8u)) & 0xffu);
     }

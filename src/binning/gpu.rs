@@ -123,8 +123,9 @@ pub(crate) struct GpuBinning {
     /// Host output buffer (reused), and the last device output (reused once its caller let go).
     out: GrowBuffer,
     dev_out: Option<Arc<TrackedBuffer>>,
-    pipe_local: wgpu::ComputePipeline,
-    pipe_finish: wgpu::ComputePipeline,
+    /// `dense_local` and `dense_finish` for f32 input (`[0]`) and u8 input (`[1]`).
+    pipe_local: [wgpu::ComputePipeline; 2],
+    pipe_finish: [wgpu::ComputePipeline; 2],
     pipe_sparse: wgpu::ComputePipeline,
 }
 
@@ -229,6 +230,14 @@ impl GpuBinning {
             ("AGG", base.agg as f64),
             ("SCALE", base.scale as f64),
         ];
+        // The input's element type too, one pipeline per type: llvmpipe ran the u8 branch's
+        // load for every f32 sample as well (20 % of the dense time).
+        let typed = |u8_input: bool| {
+            let mut s = settings.to_vec();
+            s.push(("INPUT_U8", u8_input as u32 as f64));
+            s
+        };
+        let (f32_set, u8_set) = (typed(false), typed(true));
         ctx.scoped(|| {
             let params = ctx.uniform(std::mem::size_of::<GpuParams>() as u64, "binning-params")?;
             let rows = jt.gpu_rows();
@@ -261,8 +270,14 @@ impl GpuBinning {
                 flags: GrowBuffer::new("binning-flags"),
                 out: GrowBuffer::new("binning-out"),
                 dev_out: None,
-                pipe_local: ctx.pipeline(&BINNING, "dense_local", &settings, &LAYOUT)?,
-                pipe_finish: ctx.pipeline(&BINNING, "dense_finish", &settings, &LAYOUT)?,
+                pipe_local: [
+                    ctx.pipeline(&BINNING, "dense_local", &f32_set, &LAYOUT)?,
+                    ctx.pipeline(&BINNING, "dense_local", &u8_set, &LAYOUT)?,
+                ],
+                pipe_finish: [
+                    ctx.pipeline(&BINNING, "dense_finish", &f32_set, &LAYOUT)?,
+                    ctx.pipeline(&BINNING, "dense_finish", &u8_set, &LAYOUT)?,
+                ],
                 pipe_sparse: ctx.pipeline(&BINNING, "sparse", &settings, &LAYOUT)?,
             })
         })
@@ -488,9 +503,9 @@ impl GpuBinning {
                     run(&self.pipe_sparse, nc);
                 } else {
                     if needs_local && n_win > 1 {
-                        run(&self.pipe_local, n_win * nc);
+                        run(&self.pipe_local[bytes as usize], n_win * nc);
                     }
-                    run(&self.pipe_finish, n_win * nc);
+                    run(&self.pipe_finish[bytes as usize], n_win * nc);
                 }
                 // The next window reads what this one wrote and writes the other scratch copy.
                 let other = 3 - self.cur - to;
