@@ -13,7 +13,15 @@ use neurokernels::simulate::{self, SimSettings};
 use neurokernels::{
     BinnedActivation, Engine, Error, Event, Lrr, LrrSettings, ThresholdCrossing, WeightsSource,
 };
-use support::{engines, gpu, recording};
+// One GPU context per test thread: the chain compiles a dozen pipelines, and on wgpu's GL
+// backend (one lock per context, given up after 6 s) a cold shader cache made one thread's
+// compiles outlast another thread's wait.
+use support::{gpu_per_thread as gpu, recording};
+
+/// Both engines, named (the GPU one this thread's own).
+fn engines() -> [(&'static str, Engine); 2] {
+    [("cpu", Engine::cpu()), ("gpu", gpu())]
+}
 
 const FS: f64 = 30_000.0;
 
@@ -418,7 +426,7 @@ fn device_chunks_equal_host_chunks_and_bad_ones_are_rejected_whole() {
     let (n, c) = (4_000, 6);
     let x = recording(8, n, c);
     let Engine::Gpu(ctx) = gpu() else {
-        unreachable!("gpu() is the GPU engine")
+        unreachable!("gpu_per_thread() is the GPU engine")
     };
     for (reference, filter) in [
         (ReferenceMode::Lrr, true),
