@@ -125,10 +125,14 @@ fn rows() -> Vec<Row> {
                     Record("binning/dense/cpu/30/p50"),
                     AtMost(4e-6),
                     "≤ 4 µs",
-                    "a 1 ms chunk is 46 KB: the fixed cost per call (validation, plan, \
-                     output array) is a third of it, and it follows the CPU: 3.8 µs on the \
-                     AMD EPYC of 2026-12-03, 6.2 µs on the Intel Xeon of 2026-12-05 (same \
-                     code).",
+                    "perf (2026-12-06): two thirds of a chunk is the counting pass itself \
+                     (AVX2, four vectors per step), stalled on its loads: the bench streams a \
+                     92 MB raster, so each chunk's 46 KB comes from memory at ~13 GB/s; the \
+                     fixed cost per call (validation, plan, state snapshot) is under a sixth, \
+                     and snapshotting only the state the path writes measured no faster (4.5 \
+                     vs 4.6 µs). It follows the CPU and its memory: 3.8 µs on the AMD EPYC of \
+                     2026-12-03, 4.5–6.2 µs on the Intel Xeon (same code). In a rig the chunk \
+                     was just written by the acquisition and is read from cache.",
                 ),
                 cell(
                     "lavapipe (p99)",
@@ -184,15 +188,16 @@ fn rows() -> Vec<Row> {
                     Criterion("lrr_384ch_8x48_10x30000/partial_fit/gpu"),
                     AtMost(400e-3),
                     "≤ 400 ms",
-                    "perf and the JIT code (gdb): the covariance kernel's time is its loads. \
-                     Each invocation's 16 × 16 tile reads 32 channels per sample by index; \
-                     llvmpipe runs each such load as a loop over its 8 lanes with a bounds \
-                     check per element, and the 256 accumulators spill to a 150 KB stack \
-                     frame. A load probe (2026-12-05) found a uniform-address load and a \
-                     workgroup-memory load cost as much as a per-lane one here (~0.7 ns per \
-                     lane), so lanes sharing rows cannot help; a vec4 load brings 4 floats for \
-                     the price of 2, so a path for clusters of consecutive, 4-aligned channels \
-                     might save up to half the load time. A hardware GPU coalesces these loads.",
+                    "perf and the JIT code (gdb): the covariance kernel's time was its loads, \
+                     each a loop over llvmpipe's 8 lanes with a bounds check per element (a \
+                     load probe: a uniform-address or workgroup-memory load costs as much as a \
+                     per-lane one, a vec4 load twice a scalar one). Clusters of consecutive, \
+                     4-aligned channels (this workload) now run quad kernels that load vec4s \
+                     (2026-12-06: 633 → 460–500 ms). What is left: the 256 accumulators of \
+                     each 16 × 16 tile spill to the stack, and the exact f64 fold of the f32 \
+                     partials is ~40 % of the arithmetic; folding less often was rejected for \
+                     the precision bound. A hardware GPU coalesces the loads and keeps the \
+                     tile in registers.",
                 ),
             ],
         },
@@ -223,12 +228,13 @@ fn rows() -> Vec<Row> {
                     Criterion("lrr_384ch_8x48_10x30000/transform_device/gpu"),
                     AtMost(190e-3),
                     "≤ 190 ms",
-                    "the same per-lane indexed loads as the covariance (16 samples' and 16 \
-                     weights' loads per 256 multiply-adds, each a loop over llvmpipe's 8 \
-                     lanes). Measured and not kept: a 4 × 16 tile (2.0 s) and lanes sharing \
-                     one job (1.2 s) against this 16 × 16 tile (0.70 s minimum). On \
-                     llvmpipe the CPU path is the one to run; a hardware GPU coalesces the \
-                     loads.",
+                    "the same lane-by-lane loads as the covariance. The quad kernel (x, I − W \
+                     and Y as vec4 arrays, 4 channels per step of the contraction) took it \
+                     from 867 to 520–550 ms (2026-12-06); measured and not kept before it: a \
+                     4 × 16 tile (2.0 s) and lanes sharing one job (1.2 s). What is left is \
+                     the multiply-adds of llvmpipe's 8-lane code with the tile's accumulators \
+                     spilled, and the vec4 loads at twice a scalar's cost. On llvmpipe the CPU \
+                     path is the one to run; a hardware GPU coalesces the loads.",
                 ),
             ],
         },
@@ -266,9 +272,10 @@ fn rows() -> Vec<Row> {
                     "≤ 2× the probe's round trip (0.2 ms)",
                     "a chunk is two submissions: `partial_fit` (upload, covariance pass) and \
                      `transform` (upload, product, read-back), each paying llvmpipe's submit \
-                     and fence (0.1–0.4 ms under load) for 20 samples of work. A fused \
-                     fit-and-transform call (one upload, one submission) would halve it; a \
-                     hardware GPU's round trip is tens of µs.",
+                     and fence (0.1–0.4 ms under load) for 20 samples of work; the quad \
+                     kernels took it from 951 to ~700 µs (2026-12-06). A fused \
+                     fit-and-transform call (one upload, one submission) would at best halve \
+                     the rest, still above 0.2 ms; a hardware GPU's round trip is tens of µs.",
                 ),
             ],
         },
