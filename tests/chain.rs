@@ -16,12 +16,7 @@ use neurokernels::{
 // One GPU context per test thread: the chain compiles a dozen pipelines, and on wgpu's GL
 // backend (one lock per context, given up after 6 s) a cold shader cache made one thread's
 // compiles outlast another thread's wait.
-use support::{gpu_per_thread as gpu, recording};
-
-/// Both engines, named (the GPU one this thread's own).
-fn engines() -> [(&'static str, Engine); 2] {
-    [("cpu", Engine::cpu()), ("gpu", gpu())]
-}
+use support::{engines_per_thread as engines, gpu_per_thread as gpu, recording};
 
 const FS: f64 = 30_000.0;
 

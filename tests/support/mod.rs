@@ -64,6 +64,11 @@ pub fn engines() -> [(&'static str, Engine); 2] {
     [("cpu", Engine::cpu()), ("gpu", gpu())]
 }
 
+/// Both engines, named, the GPU one this thread's own ([`gpu_per_thread`]).
+pub fn engines_per_thread() -> [(&'static str, Engine); 2] {
+    [("cpu", Engine::cpu()), ("gpu", gpu_per_thread())]
+}
+
 /// A seeded generator.
 pub fn rng(seed: u64) -> Pcg64 {
     Pcg64::seed_from_u64(seed)
