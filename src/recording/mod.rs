@@ -219,6 +219,46 @@ enum Data {
     Owned(Vec<u8>),
 }
 
+/// The first column when `cols` are consecutive stored columns (`cols[i] == cols[0] + i`).
+fn contiguous_run(cols: &[usize]) -> Option<usize> {
+    let first = *cols.first()?;
+    cols.iter()
+        .enumerate()
+        .all(|(i, &c)| c == first + i)
+        .then_some(first)
+}
+
+/// One stored sample (`b.len()` is the dtype's size) as `f32`, before its gain.
+#[inline(always)]
+fn decode(dtype: Dtype, b: &[u8]) -> f32 {
+    match dtype {
+        Dtype::I16 => i16::from_le_bytes([b[0], b[1]]) as f32,
+        Dtype::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+    }
+}
+
+/// Converts one contiguous run of stored samples into `out`, times each channel's gain.
+#[inline(always)]
+fn convert_run<'a>(
+    dtype: Dtype,
+    src: &[u8],
+    gains: &[f32],
+    out: impl Iterator<Item = &'a mut f32>,
+) {
+    match dtype {
+        Dtype::I16 => {
+            for ((o, b), &g) in out.zip(src.chunks_exact(2)).zip(gains) {
+                *o = i16::from_le_bytes([b[0], b[1]]) as f32 * g;
+            }
+        }
+        Dtype::F32 => {
+            for ((o, b), &g) in out.zip(src.chunks_exact(4)).zip(gains) {
+                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]) * g;
+            }
+        }
+    }
+}
+
 /// The stand-in file name of in-memory recordings in error messages.
 const IN_MEMORY: &str = "<memory>";
 
@@ -633,19 +673,26 @@ impl Recording {
             .get(base..base + rows * frame)
             .ok_or_else(|| format_err(&self.path, "file shorter than when opened"))?;
         let cols = &self.layout.neural_cols;
-        for (frame_bytes, mut row) in data.chunks_exact(frame).zip(out.rows_mut()) {
-            match self.layout.dtype {
-                Dtype::I16 => {
-                    for ((o, &c), &g) in row.iter_mut().zip(cols).zip(&self.gains) {
-                        let v = i16::from_le_bytes([frame_bytes[2 * c], frame_bytes[2 * c + 1]]);
-                        *o = v as f32 * g;
+        let dtype = self.layout.dtype;
+        match contiguous_run(cols) {
+            // The neural channels are one run of stored columns (every raw file, most
+            // probes): each row converts one contiguous byte run, a loop the compiler
+            // vectorises (the gather below costs ~2 ns per sample).
+            Some(first) => {
+                let run = first * size..(first + cols.len()) * size;
+                for (frame_bytes, mut row) in data.chunks_exact(frame).zip(out.rows_mut()) {
+                    let src = &frame_bytes[run.clone()];
+                    match row.as_slice_mut() {
+                        Some(r) => convert_run(dtype, src, &self.gains, r.iter_mut()),
+                        None => convert_run(dtype, src, &self.gains, row.iter_mut()),
                     }
                 }
-                Dtype::F32 => {
+            }
+            None => {
+                for (frame_bytes, mut row) in data.chunks_exact(frame).zip(out.rows_mut()) {
                     for ((o, &c), &g) in row.iter_mut().zip(cols).zip(&self.gains) {
-                        let b = &frame_bytes[4 * c..4 * c + 4];
-                        let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                        *o = v * g;
+                        let b = &frame_bytes[c * size..(c + 1) * size];
+                        *o = decode(dtype, b) * g;
                     }
                 }
             }
@@ -750,4 +797,66 @@ pub fn sync_edges(words: &[u16], first_sample: u64, previous: Option<u16>) -> Ve
         prev = Some(w);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 3-column in-memory recording whose neural channels are `cols`.
+    fn recording(dtype: Dtype, cols: Vec<usize>, values: &[f32]) -> Recording {
+        let bytes: Vec<u8> = match dtype {
+            Dtype::I16 => values
+                .iter()
+                .flat_map(|&v| (v as i16).to_le_bytes())
+                .collect(),
+            Dtype::F32 => values.iter().flat_map(|&v| v.to_le_bytes()).collect(),
+        };
+        let n = cols.len();
+        let layout = Layout {
+            format: "raw",
+            data_offset: 0,
+            dtype,
+            stored_channels: 3,
+            fs: 1.0,
+            neural_cols: cols,
+            sync_col: None,
+            channel_ids: (0..n as u32).collect(),
+            channel_names: (0..n).map(|c| c.to_string()).collect(),
+            uv_per_bit: (0..n).map(|c| 0.5 + c as f64).collect(),
+            first_sample: 0,
+            metadata_path: None,
+            meta: json!({}),
+        };
+        let n_samples = values.len() / 3;
+        Recording::assemble(Path::new(IN_MEMORY), layout, Data::Owned(bytes), n_samples)
+    }
+
+    /// The contiguous fast path and the gather path read the same values: each channel's
+    /// stored column times its gain, for runs at any offset and for scattered columns.
+    #[test]
+    fn read_chunk_runs_and_gathers() {
+        let stored = [1.0, -2.0, 3.0, 40.0, 50.0, -60.0];
+        for dtype in [Dtype::I16, Dtype::F32] {
+            for cols in [vec![0, 1, 2], vec![1, 2], vec![2], vec![2, 0], vec![0, 2]] {
+                assert_eq!(
+                    contiguous_run(&cols).is_some(),
+                    cols.windows(2).all(|w| w[1] == w[0] + 1)
+                );
+                let rec = recording(dtype, cols.clone(), &stored);
+                let mut out = Array2::<f32>::zeros((2, cols.len()));
+                rec.read_chunk(0, &mut out).unwrap();
+                for t in 0..2 {
+                    for (i, &c) in cols.iter().enumerate() {
+                        let want = stored[3 * t + c] * (0.5 + i as f32);
+                        assert_eq!(out[[t, i]], want, "{dtype:?} cols {cols:?} row {t}");
+                    }
+                }
+                // A column-major output takes the same path through its rows' iterators.
+                let mut out_f = Array2::<f32>::zeros((cols.len(), 2)).reversed_axes();
+                rec.read_chunk(0, &mut out_f).unwrap();
+                assert_eq!(out_f, out);
+            }
+        }
+    }
 }
