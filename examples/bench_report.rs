@@ -289,8 +289,12 @@ fn rows() -> Vec<Row> {
                     AtMost(60e-3),
                     "≤ 60 ms",
                     "one trial is a sequential scan: per step a 50 × 500 f64 product, 50 \
-                     softplus links and 50 Poisson draws; only batching trials spreads it \
-                     over cores.",
+                     softplus links and 50 Poisson draws. perf: the product is two thirds of \
+                     the time, its 200 KB of coefficients streamed from L2 every step (an \
+                     AVX-512 product measured no faster than AVX2); the draws' Philox words \
+                     run eight neurons at a time and the softplus gives the first threshold \
+                     without a third transcendental (57.3 → 52.5 ms on the Intel Xeon VM, \
+                     2026-12-07). Only batching trials spreads it over cores.",
                 ),
                 cell(
                     "plain dense f64 Rust loop (baseline)",

@@ -108,6 +108,27 @@ impl Link {
         }
     }
 
+    /// [`Link::eval`] and, where the link gives it in closed form, the Poisson draw's first
+    /// threshold `S_0 = 1 − e^(−rate)`: for the softplus, `e^(−rate) = 1/(1 + eˣ)`, so
+    /// `S_0` is the logistic function of `x`, from the same `e^(−|x|)` as the rate (relative
+    /// error a few ulp, like `−expm1(−rate)`'s, without a third transcendental). `None` for
+    /// the exponential link.
+    pub fn eval_with_s0(self, x: f64) -> (f64, Option<f64>) {
+        match self {
+            Link::Softplus => {
+                let e = (-x.abs()).exp();
+                let rate = x.max(0.0) + e.ln_1p();
+                let s0 = if x >= 0.0 {
+                    1.0 / (1.0 + e)
+                } else {
+                    e / (1.0 + e)
+                };
+                (rate, Some(s0))
+            }
+            Link::Exp => (x.exp(), None),
+        }
+    }
+
     fn code(self) -> u32 {
         match self {
             Link::Softplus => 0,

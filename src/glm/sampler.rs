@@ -17,7 +17,8 @@
 //! - `rate < 10`: inversion by sequential search on the survival function. With
 //!   `v ∈ [0, 1)` from one word (its 24 leading significant bits, times `2⁻³²`: exact in
 //!   `f32`, resolution `2⁻³²` near 0), the draw is the least `k` with `v ≥ S_k`, where
-//!   `S_k = P(X > k)` (`S_0 = −expm1(−λ)`, `S_k = S_(k−1) − p_k`). Each outcome thus gets
+//!   `S_k = P(X > k)` (`S_0 = −expm1(−λ)`, or the link's closed form of it: the logistic
+//!   function of the drive for the softplus; `S_k = S_(k−1) − p_k`). Each outcome thus gets
 //!   probability `S_(k−1) − S_k = p_k` to within `2⁻³²` absolute (`2⁻²⁴` relative) plus the
 //!   thresholds' rounding. At most [`INVERSION_MAX`] steps; the search also stops once
 //!   `S_k < 2⁻³⁴`, which only the word `v = 0` (probability `2⁻³²`) can reach.
@@ -146,13 +147,50 @@ pub(crate) fn ln_pmf(k: f64, lam: f64) -> f64 {
 /// One Poisson draw of `rate` for `(step, neuron)` under `key` (see the module doc).
 /// A rate `≤ 0` draws 0; the caller rejects non-finite rates.
 pub fn poisson(rate: f64, key: [u32; 2], step: u64, neuron: u32) -> f64 {
+    poisson_with_s0(rate, |r| -(-r).exp_m1(), key, step, neuron)
+}
+
+/// [`poisson`] with the first threshold of the inversion, `S_0 = P(X > 0) = 1 − e^(−rate)`,
+/// from `s0(rate)`, called only where the inversion runs (`0 < rate < 10`). A link that
+/// knows `e^(−rate)` in closed form gives it without a third transcendental: for the
+/// softplus, `S_0` is the logistic function of the drive ([`super::Link::eval_with_s0`]).
+#[inline]
+pub fn poisson_with_s0(
+    rate: f64,
+    s0: impl FnOnce(f64) -> f64,
+    key: [u32; 2],
+    step: u64,
+    neuron: u32,
+) -> f64 {
+    poisson_with_words(
+        rate,
+        s0,
+        || philox4x32_10(counter(step, neuron, 0), key)[0],
+        key,
+        step,
+        neuron,
+    )
+}
+
+/// [`poisson_with_s0`] with the inversion's word (word 0 of block 0) from `w0()`, for a
+/// caller that computed a whole step's words at once
+/// ([`crate::rng::philox4x32_10_word0_run`]).
+#[inline]
+pub(crate) fn poisson_with_words(
+    rate: f64,
+    s0: impl FnOnce(f64) -> f64,
+    w0: impl FnOnce() -> u32,
+    key: [u32; 2],
+    step: u64,
+    neuron: u32,
+) -> f64 {
     if rate.is_nan() || rate <= 0.0 {
         return 0.0;
     }
     if rate < PTRS_FROM {
-        let w = philox4x32_10(counter(step, neuron, 0), key)[0];
+        let w = w0();
         let v = v_inversion(w);
-        let mut s = -(-rate).exp_m1();
+        let mut s = s0(rate);
         if v >= s {
             return 0.0;
         }
@@ -250,6 +288,32 @@ mod tests {
             assert!(vv > 0.0 && vv < 1.0 && vv == vv as f32 as f64);
         }
         assert_eq!(v_inversion(1), 1.0 / 4_294_967_296.0);
+    }
+
+    /// The softplus link's closed-form `S_0` (the logistic function of the drive) is
+    /// `1 − e^(−rate)` to a few ulp over drives from −700 to 40, and a draw with it is the draw
+    /// with `−expm1(−rate)` (the thresholds differ by less than the uniforms' spacing).
+    #[test]
+    fn softplus_s0_is_one_minus_exp_of_minus_rate() {
+        let key = [7, 9];
+        for k in 0..=7400 {
+            let x = -700.0 + k as f64 * 0.1;
+            let (rate, s0) = super::super::Link::Softplus.eval_with_s0(x);
+            let s0 = s0.expect("the softplus gives S_0");
+            let want = -(-rate).exp_m1();
+            assert!(
+                (s0 - want).abs() <= 4.0 * f64::EPSILON * want,
+                "x = {x}: {s0:e} vs {want:e}"
+            );
+            for step in 0..4 {
+                assert_eq!(
+                    poisson_with_s0(rate, |_| s0, key, step, k),
+                    poisson(rate, key, step, k),
+                    "x = {x}, step {step}"
+                );
+            }
+        }
+        assert_eq!(super::super::Link::Exp.eval_with_s0(0.5).1, None);
     }
 
     #[test]
