@@ -378,10 +378,14 @@ fn rows() -> Vec<Row> {
                     AtMost(1e-3),
                     "≤ 1 ms",
                     "at the target's edge: 0.73–0.76 ms minimum, 0.9–1.1 ms median on a quiet \
-                     machine. Each call reads the 10 MB batch (~0.35 ms); the class gathers \
-                     (2.56 M indexed loads) are compute-bound; hardware gathers (AVX-512 \
-                     `vgatherdps`, eight at a time) measured slower here (classify 0.58–0.70 \
-                     ms vs 0.47–0.51 ms minimum).",
+                     AMD EPYC; 1.23 ms median on the Intel Xeon VM (1.44 before the update \
+                     summed four rows per pass, 2026-12-07). Reading the 10 MB batch takes \
+                     ~0.2 ms on two cores (a C probe), so both halves are compute-bound: perf \
+                     puts classify's gathers (2.56 M indexed loads, 0.68 ms) on the shuffles \
+                     that assemble four rows' values into one vector (four per index, one \
+                     port); two chains per row measured no faster, and hardware gathers \
+                     (AVX-512 `vgatherdps`, eight at a time) slower (classify 0.58–0.70 ms vs \
+                     0.47–0.51 ms minimum).",
                 ),
                 cell(
                     "CPU, `forward` (one call)",
