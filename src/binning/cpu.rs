@@ -262,10 +262,14 @@ pub(crate) fn dense<T: DenseSample>(
 }
 
 /// Adds each channel's nonzero count over whole rows of `nc` channels to `counts`; returns
-/// whether every value was finite. Uses AVX2 when the CPU has it.
+/// whether every value was finite. Built for AVX-512F, else AVX2, where the CPU has them.
 fn count_rows(data: &[f32], nc: usize, counts: &mut [u32]) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (checked just above).
+            return unsafe { count_rows_avx512(data, nc, counts) };
+        }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2 (checked just above).
             return unsafe { count_rows_avx2(data, nc, counts) };
@@ -277,6 +281,12 @@ fn count_rows(data: &[f32], nc: usize, counts: &mut [u32]) -> bool {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn count_rows_avx2(data: &[f32], nc: usize, counts: &mut [u32]) -> bool {
+    count_rows_plain(data, nc, counts)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn count_rows_avx512(data: &[f32], nc: usize, counts: &mut [u32]) -> bool {
     count_rows_plain(data, nc, counts)
 }
 
