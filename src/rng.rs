@@ -27,11 +27,17 @@ pub fn philox4x32_10(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
         if round > 0 {
             k = [k[0].wrapping_add(W0), k[1].wrapping_add(W1)];
         }
-        let (hi0, lo0) = mulhilo(M0, c[0]);
-        let (hi1, lo1) = mulhilo(M1, c[2]);
-        c = [hi1 ^ c[1] ^ k[0], lo1, hi0 ^ c[3] ^ k[1], lo0];
+        c = philox_round(c, k);
     }
     c
+}
+
+/// One Philox4x32 round of `c` under the round key `k`.
+#[inline(always)]
+fn philox_round(c: [u32; 4], k: [u32; 2]) -> [u32; 4] {
+    let (hi0, lo0) = mulhilo(M0, c[0]);
+    let (hi1, lo1) = mulhilo(M1, c[2]);
+    [hi1 ^ c[1] ^ k[0], lo1, hi0 ^ c[3] ^ k[1], lo0]
 }
 
 /// Word 0 of [`philox4x32_10`]`([first + k, c1, c2, c3], key)` into `out[k]`, for a run of
@@ -61,12 +67,10 @@ pub(crate) fn philox4x32_10_word0_run(
             }
             let mut next = [[0u32; L]; 4];
             for l in 0..L {
-                let (hi0, lo0) = mulhilo(M0, c[0][l]);
-                let (hi1, lo1) = mulhilo(M1, c[2][l]);
-                next[0][l] = hi1 ^ c[1][l] ^ k[0];
-                next[1][l] = lo1;
-                next[2][l] = hi0 ^ c[3][l] ^ k[1];
-                next[3][l] = lo0;
+                let r = philox_round([c[0][l], c[1][l], c[2][l], c[3][l]], k);
+                for (w, v) in r.into_iter().enumerate() {
+                    next[w][l] = v;
+                }
             }
             c = next;
         }
@@ -88,26 +92,22 @@ pub fn unit_f32(word: u32) -> f32 {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn word0_run_is_philox_word0() {
         let key = [0x1234_5678, 0x9abc_def0];
         for len in [0usize, 1, 7, 8, 9, 50, 65] {
             for first in [0u32, 5, u32::MAX - 3] {
                 let mut out = vec![0u32; len];
-                super::philox4x32_10_word0_run([11, 22, 33], key, first, &mut out);
+                philox4x32_10_word0_run([11, 22, 33], key, first, &mut out);
                 for (k, &w) in out.iter().enumerate() {
                     let c = [first.wrapping_add(k as u32), 11, 22, 33];
-                    assert_eq!(
-                        w,
-                        super::philox4x32_10(c, key)[0],
-                        "len {len} first {first} k {k}"
-                    );
+                    assert_eq!(w, philox4x32_10(c, key)[0], "len {len} first {first} k {k}");
                 }
             }
         }
     }
-
-    use super::*;
 
     /// Known-answer vectors from Random123's `kat_vectors`.
     #[test]

@@ -473,7 +473,8 @@ struct Update<'a, T> {
 
 /// New rates of neurons `[lo, lo + out.len()/K)`: per class, the class's rows summed in
 /// `f64`, then `decay·rate + sum / count`. Returns whether every new rate is finite in `f32`.
-/// AVX2 when the CPU has it (the same arithmetic, in the same order).
+/// Built for AVX-512F, else AVX2, where the CPU has them (the same arithmetic, in the same
+/// order).
 fn update_range<T: Input>(u: &Update<'_, T>, rates: &[f64], out: &mut [f64], lo: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {

@@ -16,7 +16,7 @@
 
 use std::sync::Arc;
 
-use super::sampler::{counter, poisson_with_words};
+use super::sampler::{counter, poisson_with_words, s0_of_rate};
 use super::{overflow, InitRings, Job, Mode, Model};
 use crate::error::Result;
 use crate::rng::{key_of, philox4x32_10_word0_run};
@@ -248,7 +248,7 @@ fn run_trial_impl(
                 Mode::Expected => r,
                 _ => poisson_with_words(
                     r,
-                    |r| s0.unwrap_or_else(|| -(-r).exp_m1()),
+                    |r| s0.unwrap_or_else(|| s0_of_rate(r)),
                     || words[i],
                     key,
                     step,

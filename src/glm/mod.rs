@@ -102,10 +102,7 @@ pub enum Link {
 impl Link {
     /// The link in `f64`, cancellation-free.
     pub fn eval(self, x: f64) -> f64 {
-        match self {
-            Link::Softplus => x.max(0.0) + (-x.abs()).exp().ln_1p(),
-            Link::Exp => x.exp(),
-        }
+        self.eval_with_s0(x).0
     }
 
     /// [`Link::eval`] and, where the link gives it in closed form, the Poisson draw's first

@@ -147,7 +147,13 @@ pub(crate) fn ln_pmf(k: f64, lam: f64) -> f64 {
 /// One Poisson draw of `rate` for `(step, neuron)` under `key` (see the module doc).
 /// A rate `≤ 0` draws 0; the caller rejects non-finite rates.
 pub fn poisson(rate: f64, key: [u32; 2], step: u64, neuron: u32) -> f64 {
-    poisson_with_s0(rate, |r| -(-r).exp_m1(), key, step, neuron)
+    poisson_with_s0(rate, s0_of_rate, key, step, neuron)
+}
+
+/// The inversion's first threshold from the rate alone, `S_0 = −expm1(−rate)`.
+#[inline]
+pub(crate) fn s0_of_rate(rate: f64) -> f64 {
+    -(-rate).exp_m1()
 }
 
 /// [`poisson`] with the first threshold of the inversion, `S_0 = P(X > 0) = 1 − e^(−rate)`,
@@ -300,7 +306,7 @@ mod tests {
             let x = -700.0 + k as f64 * 0.1;
             let (rate, s0) = super::super::Link::Softplus.eval_with_s0(x);
             let s0 = s0.expect("the softplus gives S_0");
-            let want = -(-rate).exp_m1();
+            let want = s0_of_rate(rate);
             assert!(
                 (s0 - want).abs() <= 4.0 * f64::EPSILON * want,
                 "x = {x}: {s0:e} vs {want:e}"
