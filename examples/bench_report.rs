@@ -377,25 +377,23 @@ fn rows() -> Vec<Row> {
                     Criterion("classifier_10000_neurons_10_classes_batch_256/update+classify/cpu"),
                     AtMost(1e-3),
                     "≤ 1 ms",
-                    "at the target's edge: 0.73–0.76 ms minimum, 0.9–1.1 ms median on a quiet \
-                     AMD EPYC; 1.23 ms median on the Intel Xeon VM (1.44 before the update \
-                     summed four rows per pass, 2026-12-07). Reading the 10 MB batch takes \
-                     ~0.2 ms on two cores (a C probe), so both halves are compute-bound: perf \
-                     puts classify's gathers (2.56 M indexed loads, 0.68 ms) on the shuffles \
-                     that assemble four rows' values into one vector (four per index, one \
-                     port); two chains per row measured no faster, and hardware gathers \
-                     (AVX-512 `vgatherdps`, eight at a time) slower (classify 0.58–0.70 ms vs \
-                     0.47–0.51 ms minimum).",
+                    "meets it narrowly: 0.91 ms criterion mean on the Intel Xeon VM (1.44 ms before \
+                     2026-12-07). The update sums four rows per pass (0.74 → 0.55 ms); \
+                     classify transposes eight rows' 512-neuron blocks into an L1 tile, so each \
+                     gathered neuron is one vector load for all eight rows (0.65 → 0.41 ms: \
+                     perf had put the four-row scalar gather on the shuffles that assembled \
+                     the rows' values). Reading the 10 MB batch twice is ~0.4 ms of the rest \
+                     on two cores (a C probe).",
                 ),
                 cell(
                     "CPU, `forward` (one call)",
                     Criterion("classifier_10000_neurons_10_classes_batch_256/forward/cpu"),
                     AtMost(1e-3),
                     "≤ 1 ms",
-                    "at the target's edge (0.71–0.76 ms minimum, 0.9–1.1 ms median on a quiet \
-                     machine): `forward` saves the second call's checks, not the second read; \
-                     a single fused pass (logits and update per 256-neuron sub-block of every \
-                     row) measured no faster, the gathers being compute-bound.",
+                    "meets it narrowly (0.90 ms criterion mean on the Intel Xeon VM): `forward` \
+                     saves the second call's checks, not the second read; a single fused pass \
+                     (logits and update per 256-neuron sub-block of every row) measured no \
+                     faster.",
                 ),
                 cell(
                     "lavapipe, device inputs",

@@ -9,16 +9,22 @@
 //!   built for AVX-512F, else AVX2, where the CPU has them.
 //! * Derived state: proportions, assignment and, per block of [`BLK`] neurons, the block's
 //!   neurons sorted by class (a counting sort) with their weights — the regress index.
-//! * Regress: per block and per class, a gather of the class's inputs from the block's
-//!   (L1-resident) slice of each row, four rows at a time sharing the index loads.
+//! * Regress: [`ROWS`] rows at a time, each block of their inputs is first transposed into an
+//!   L1-resident neuron-major tile; then, per class, a gather of the class's neurons loads
+//!   each neuron's [`ROWS`] values as one vector (one index load, one widening, one
+//!   multiply-add for all the rows, four chains); built for AVX-512F, else AVX2.
 
 use std::cmp::Ordering;
 
 use super::{locate_non_finite, Batch, UpdatePlan};
 use crate::error::{Error, Result};
 
-/// Neurons per regress block (local indices fit `u16`; a block of a row is 16 KiB of `f32`).
-pub(crate) const BLK: usize = 4096;
+/// Neurons per regress block (local indices fit `u16`; a block's tile of [`ROWS`] rows is
+/// 16 KiB of `f32`, in L1 with room to spare: 1024 and 4096 measured slower).
+pub(crate) const BLK: usize = 512;
+/// Rows per regress tile: a tile holds a block of [`ROWS`] rows neuron-major, so the class
+/// gather loads one neuron's values of all its rows as one vector.
+const ROWS: usize = 8;
 /// Neurons per block in the update (its class sums stay in L1).
 const UBLK: usize = 512;
 /// Work (input elements) below which a call stays on one thread.
@@ -26,16 +32,20 @@ const MIN_PAR_WORK: usize = 1 << 17;
 
 /// Input elements the engine reads: `f32` rows, or `f64` time means.
 pub(crate) trait Input: Copy + Send + Sync + Into<f64> {
+    /// Zero.
+    const ZERO: Self;
     /// The value widened to `f64`.
     fn wide(self) -> f64;
 }
 impl Input for f32 {
+    const ZERO: Self = 0.0;
     #[inline(always)]
     fn wide(self) -> f64 {
         self as f64
     }
 }
 impl Input for f64 {
+    const ZERO: Self = 0.0;
     #[inline(always)]
     fn wide(self) -> f64 {
         self
@@ -248,10 +258,10 @@ impl CpuClassifier {
     ) -> Result<(Vec<f32>, Vec<usize>)> {
         let (n, k) = (self.n, self.k);
         let mut acc = vec![0.0f64; batch * k];
-        let parts = parts_for(x.len()).min(batch.div_ceil(4));
-        par_chunks(&mut acc, k * 4, parts, |r0, out| {
+        let parts = parts_for(x.len()).min(batch.div_ceil(ROWS));
+        par_chunks(&mut acc, k * ROWS, parts, |r0, out| {
             let rows = out.len() / k;
-            let b0 = r0 * 4;
+            let b0 = r0 * ROWS;
             let ix = Index {
                 n,
                 k,
@@ -297,84 +307,119 @@ struct Index<'a> {
     boffs: &'a [u32],
 }
 
-/// Adds the class sums of `rows` rows of `x` (`rows × N`) into `acc` (`rows × K`); AVX2
-/// when the CPU has it (the same arithmetic, in the same order).
+/// Adds the class sums of `rows` rows of `x` (`rows × N`) into `acc` (`rows × K`); built for
+/// AVX-512F, else AVX2, where the CPU has them (the same arithmetic, in the same order).
 fn regress_rows<T: Input>(ix: &Index<'_>, x: &[T], rows: usize, acc: &mut [f64], prop: bool) {
     #[cfg(target_arch = "x86_64")]
     {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (checked just above).
+            unsafe { regress_rows_avx512(ix, x, rows, acc, prop) };
+            return;
+        }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2 (checked just above).
-            unsafe {
-                if prop {
-                    regress_rows_avx2::<T, true>(ix, x, rows, acc)
-                } else {
-                    regress_rows_avx2::<T, false>(ix, x, rows, acc)
-                }
-            };
+            unsafe { regress_rows_avx2(ix, x, rows, acc, prop) };
             return;
         }
     }
-    if prop {
-        regress_rows_plain::<T, true>(ix, x, rows, acc)
-    } else {
-        regress_rows_plain::<T, false>(ix, x, rows, acc)
-    }
+    regress_rows_plain(ix, x, rows, acc, prop)
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn regress_rows_avx2<T: Input, const PROP: bool>(
-    ix: &Index<'_>,
-    x: &[T],
-    rows: usize,
-    acc: &mut [f64],
-) {
-    regress_rows_plain::<T, PROP>(ix, x, rows, acc)
+/// Defines `$name`, [`regress_rows_plain`] built for the target feature `$feat`.
+macro_rules! regress_rows_for {
+    ($name:ident, $feat:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $feat)]
+        fn $name<T: Input>(ix: &Index<'_>, x: &[T], rows: usize, acc: &mut [f64], prop: bool) {
+            regress_rows_plain(ix, x, rows, acc, prop)
+        }
+    };
 }
+regress_rows_for!(regress_rows_avx2, "avx2");
+regress_rows_for!(regress_rows_avx512, "avx512f");
 
 #[inline(always)]
-fn regress_rows_plain<T: Input, const PROP: bool>(
-    ix: &Index<'_>,
-    x: &[T],
-    rows: usize,
-    acc: &mut [f64],
-) {
+fn regress_rows_plain<T: Input>(ix: &Index<'_>, x: &[T], rows: usize, acc: &mut [f64], prop: bool) {
     let (n, k) = (ix.n, ix.k);
-    for (blk, off) in ix.boffs.chunks_exact(k + 1).enumerate() {
-        let lo = blk * BLK;
-        let hi = (lo + BLK).min(n);
-        let mut r = 0;
-        while r + 4 <= rows {
-            let seg = [
-                &x[r * n + lo..r * n + hi],
-                &x[(r + 1) * n + lo..(r + 1) * n + hi],
-                &x[(r + 2) * n + lo..(r + 2) * n + hi],
-                &x[(r + 3) * n + lo..(r + 3) * n + hi],
-            ];
+    let mut tile = vec![[T::ZERO; ROWS]; BLK.min(n)];
+    let mut r0 = 0;
+    while r0 < rows {
+        let nr = ROWS.min(rows - r0);
+        for (blk, off) in ix.boffs.chunks_exact(k + 1).enumerate() {
+            let lo = blk * BLK;
+            let hi = (lo + BLK).min(n);
+            let tile = &mut tile[..hi - lo];
+            transpose(&x[r0 * n..(r0 + nr) * n], n, lo, tile);
             for c in 0..k {
                 let (a, b) = (off[c] as usize, off[c + 1] as usize);
                 if a == b {
                     continue;
                 }
-                let s = gather4::<T, PROP>(seg, &ix.idx[a..b], &ix.widx[a..b]);
-                for (q, v) in s.iter().enumerate() {
-                    acc[(r + q) * k + c] += v;
+                let s = if prop {
+                    gather_tile::<T, true>(tile, &ix.idx[a..b], &ix.widx[a..b])
+                } else {
+                    gather_tile::<T, false>(tile, &ix.idx[a..b], &ix.widx[a..b])
+                };
+                for (q, v) in s.iter().take(nr).enumerate() {
+                    acc[(r0 + q) * k + c] += v;
                 }
             }
-            r += 4;
         }
-        while r < rows {
-            let seg = &x[r * n + lo..r * n + hi];
-            for c in 0..k {
-                let (a, b) = (off[c] as usize, off[c + 1] as usize);
-                if a == b {
-                    continue;
-                }
-                acc[r * k + c] += gather1::<T, PROP>(seg, &ix.idx[a..b], &ix.widx[a..b]);
+        r0 += ROWS;
+    }
+}
+
+/// Neurons `[lo, lo + tile.len())` of the (at most [`ROWS`]) rows of `x` (`rows × n`),
+/// neuron-major; rows past the last are zero.
+#[inline(always)]
+fn transpose<T: Input>(x: &[T], n: usize, lo: usize, tile: &mut [[T; ROWS]]) {
+    let len = tile.len();
+    let nr = x.len() / n;
+    if nr == ROWS {
+        let rows: [&[T]; ROWS] = std::array::from_fn(|q| &x[q * n + lo..q * n + lo + len]);
+        for (j, t) in tile.iter_mut().enumerate() {
+            for q in 0..ROWS {
+                t[q] = rows[q][j];
             }
-            r += 1;
+        }
+    } else {
+        for (j, t) in tile.iter_mut().enumerate() {
+            for (q, v) in t.iter_mut().enumerate() {
+                *v = if q < nr { x[q * n + lo + j] } else { T::ZERO };
+            }
         }
     }
+}
+
+/// `Σ_j tile[idx[j]][r]·w[j]` for each of the tile's rows `r` (four chains, one vector of
+/// [`ROWS`] sums each).
+#[inline(always)]
+fn gather_tile<T: Input, const PROP: bool>(
+    tile: &[[T; ROWS]],
+    idx: &[u16],
+    w: &[f64],
+) -> [f64; ROWS] {
+    let mut s = [[0.0f64; ROWS]; 4];
+    let mut ic = idx.chunks_exact(4);
+    let mut wc = w.chunks_exact(4);
+    for (i4, w4) in (&mut ic).zip(&mut wc) {
+        for q in 0..4 {
+            let v = &tile[i4[q] as usize];
+            for r in 0..ROWS {
+                let x = v[r].wide();
+                s[q][r] += if PROP { x * w4[q] } else { x };
+            }
+        }
+    }
+    for (&i, &wj) in ic.remainder().iter().zip(wc.remainder()) {
+        let v = &tile[i as usize];
+        for r in 0..ROWS {
+            let x = v[r].wide();
+            s[0][r] += if PROP { x * wj } else { x };
+        }
+    }
+    std::array::from_fn(|r| (s[0][r] + s[1][r]) + (s[2][r] + s[3][r]))
 }
 
 /// One block's share of the derived state.
@@ -428,39 +473,6 @@ fn derive_block(rates: &[f64], k: usize, lo: usize, p: &mut Piece<'_>) {
     for o in off.iter_mut() {
         *o += lo as u32;
     }
-}
-
-/// `Σ_j seg[r][idx[j]]·w[j]` for four rows (one chain per row).
-#[inline(always)]
-fn gather4<T: Input, const PROP: bool>(seg: [&[T]; 4], idx: &[u16], w: &[f64]) -> [f64; 4] {
-    let mut s = [0.0f64; 4];
-    for (&i, &wj) in idx.iter().zip(w) {
-        let i = i as usize;
-        for q in 0..4 {
-            let v = seg[q][i].wide();
-            s[q] += if PROP { v * wj } else { v };
-        }
-    }
-    s
-}
-
-/// `Σ_j seg[idx[j]]·w[j]` for one row (four interleaved chains).
-#[inline(always)]
-fn gather1<T: Input, const PROP: bool>(seg: &[T], idx: &[u16], w: &[f64]) -> f64 {
-    let mut s = [0.0f64; 4];
-    let mut ic = idx.chunks_exact(4);
-    let mut wc = w.chunks_exact(4);
-    for (i4, w4) in (&mut ic).zip(&mut wc) {
-        for q in 0..4 {
-            let v = seg[i4[q] as usize].wide();
-            s[q] += if PROP { v * w4[q] } else { v };
-        }
-    }
-    for (&i, &wj) in ic.remainder().iter().zip(wc.remainder()) {
-        let v = seg[i as usize].wide();
-        s[0] += if PROP { v * wj } else { v };
-    }
-    (s[0] + s[1]) + (s[2] + s[3])
 }
 
 /// An update's inputs: the batch `x` (`B × N`), its sizes and the plan of class members.
