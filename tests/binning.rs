@@ -1118,6 +1118,52 @@ fn error_nonfinite_dense_gpu() {
     error_nonfinite_dense(Eng::Gpu);
 }
 
+/// A chunk of 150 000 samples × 4 channels, so that the CPU engine counts it on two worker
+/// threads (2¹⁸ values or more per thread, cut into runs of rows that cross bin edges:
+/// bins of 10 000 samples), with the bad value in the later thread's rows: the error
+/// names it, nothing changes, and the stream then goes on as its twin does, bit for bit;
+/// the counts equal the truth's.
+fn error_nonfinite_dense_large_chunk(eng: Eng) {
+    let set = settings(Kernel::Count, Aggregation::Sum, 10.0, 0);
+    let fs = 1000.0;
+    let mut r = rng(SEED ^ 0xb16);
+    let input = Input::random(&mut r, InputKind::F32, 250_001, 4, 0.01);
+    let (mut a, mut b) = (op(&eng.engine(), set, fs), op(&eng.engine(), set, fs));
+    for o in [&mut a, &mut b] {
+        input.feed(o, 0, 7).unwrap();
+    }
+    let before = (a.position(), a.bins_emitted());
+    let mut x = Array2::<f32>::zeros((150_000, 4));
+    x[[120_001, 3]] = f32::NAN;
+    match a.process_dense(x.view()) {
+        Err(Error::NonFinite {
+            sample, channel, ..
+        }) => assert_eq!((sample, channel), (120_001, 3), "{eng:?}: location"),
+        other => panic!("{eng:?}: expected NonFinite, got {other:?}"),
+    }
+    assert_eq!((a.position(), a.bins_emitted()), before, "{eng:?}: state");
+    let mut want = Vec::new();
+    for (lo, hi) in [(7, 150_007), (150_007, 250_001)] {
+        let got = input.feed(&mut a, lo, hi).unwrap();
+        let twin = input.feed(&mut b, lo, hi).unwrap();
+        assert_eq!(got, twin, "{eng:?}: chunk {lo}..{hi} after the error");
+        want.push(twin);
+    }
+    let t = truth(&set, fs, 4, 250_001, &input.events);
+    let rows: Vec<f32> = want.iter().flat_map(|w| w.values.iter().copied()).collect();
+    let truth_rows: Vec<f32> = t.values.iter().map(|&v| v as f32).collect();
+    assert_eq!(rows, truth_rows, "{eng:?}: counts against the truth");
+}
+
+#[test]
+fn error_nonfinite_dense_large_chunk_cpu() {
+    error_nonfinite_dense_large_chunk(Eng::Cpu);
+}
+#[test]
+fn error_nonfinite_dense_large_chunk_gpu() {
+    error_nonfinite_dense_large_chunk(Eng::Gpu);
+}
+
 fn error_nonfinite_event_value(eng: Eng) {
     for set in error_settings() {
         for bad_value in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
