@@ -36,7 +36,7 @@ struct ChunkScratch {
     sum: Vec<f64>,
     max: Vec<f64>,
     counts: Vec<u32>,
-    /// Per-thread counts of a large segment's runs of rows ([`count_segment`]).
+    /// Per-thread counts of a large chunk's runs of rows, per segment ([`count_chunk`]).
     part_counts: Vec<u32>,
     /// A large chunk's counts per segment ([`count_chunk`]).
     seg_counts: Vec<u32>,
@@ -220,16 +220,17 @@ pub(crate) fn dense<T: DenseSample>(
         match p.kind {
             0 if fast => {
                 // Hot path: exact integer counts.
-                counts.fill(0);
-                match T::as_f32(seg_data) {
-                    _ if counted.is_some() => {
-                        counts.copy_from_slice(&seg_counts[si * nc..(si + 1) * nc]);
-                    }
-                    Some(words) => all_finite &= count_rows(words, nc, counts),
-                    None => {
-                        for row in seg_rows {
-                            for (n, x) in counts.iter_mut().zip(row) {
-                                *n += (x.to_f32() != 0.0) as u32;
+                if counted.is_some() {
+                    counts.copy_from_slice(&seg_counts[si * nc..(si + 1) * nc]);
+                } else {
+                    counts.fill(0);
+                    match T::as_f32(seg_data) {
+                        Some(words) => all_finite &= count_rows(words, nc, counts),
+                        None => {
+                            for row in seg_rows {
+                                for (n, x) in counts.iter_mut().zip(row) {
+                                    *n += (x.to_f32() != 0.0) as u32;
+                                }
                             }
                         }
                     }
