@@ -128,6 +128,43 @@ fn chain_equals_its_operators_for_any_chunking() {
     }
 }
 
+/// A burst of 150 spikes on one channel within one chunk: more events than the GPU engine's
+/// first guess of slots per channel (16), which it then redoes with more slots, from the
+/// state before the chunk, on every stage.
+#[test]
+fn a_burst_of_more_events_than_slots_equals_its_operators() {
+    let (n, c) = (12_000, 5);
+    let mut x = recording(9, n, c);
+    for k in 0..150 {
+        let t = 6_300 + 36 * k;
+        for j in 0..30 {
+            let tj = j as f32 / 30.0;
+            x[[t + j, 2]] -= 120.0 * (-((tj - 0.25) / 0.08).powi(2)).exp();
+        }
+    }
+    let cal = x.slice(s![..6_000, ..]);
+    for (name, engine) in engines() {
+        for reference in [ReferenceMode::Lrr, ReferenceMode::None] {
+            let make = || {
+                Chain::calibrate(&engine, settings(reference, c), FS, cal, 0).expect("calibrate")
+            };
+            let chain = make();
+            let (want_events, want_bins) = composed(&engine, &chain, x.view());
+            let burst = want_events.iter().filter(|e| e.channel == 2).count();
+            assert!(
+                burst >= 100,
+                "{name} {reference:?}: {burst} events on the burst channel"
+            );
+            for lens in [vec![6_000], vec![4_000, 8_000], vec![600]] {
+                let mut chain = make();
+                let (events, bins) = stream(&mut chain, x.view(), &lens);
+                assert_eq!(events, want_events, "{name} {reference:?} {lens:?}");
+                assert_eq!(bins, want_bins, "{name} {reference:?} {lens:?}");
+            }
+        }
+    }
+}
+
 #[test]
 fn gpu_and_cpu_chains_agree() {
     let (n, c) = (12_000, 20);

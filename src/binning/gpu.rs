@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::events::DeviceEvents;
 use crate::gpu::{
     grid, grow_slot, reusable_output, write_padded, Binding, DType, DeviceArray, GpuContext,
-    GrowBuffer, TrackedBuffer,
+    GrowBuffer, Staged, TrackedBuffer,
 };
 use crate::shaders::BINNING;
 
@@ -710,12 +710,29 @@ impl GpuBinning {
     }
 
     pub fn sparse_device(&mut self, plan: &Plan, ev: &DeviceEvents) -> Result<DeviceArray> {
+        let (out, staged) = self.stage_sparse_device(plan, ev)?;
+        if let Some((enc, last)) = staged {
+            let n = ev.n_samples;
+            let ctx = self.ctx.clone();
+            ctx.scoped(|| self.finish(enc, last, None, true, n).map(drop))?;
+        }
+        Ok(out)
+    }
+
+    /// The commands of [`GpuBinning::sparse_device`] (none for an empty chunk) and the state
+    /// copy they leave the new state in, not yet submitted.
+    fn stage_sparse_device(
+        &mut self,
+        plan: &Plan,
+        ev: &DeviceEvents,
+    ) -> Result<(DeviceArray, Option<(wgpu::CommandEncoder, usize)>)> {
         let nc = ev.n_channels;
         let n = ev.n_samples;
         let ctx = self.ctx.clone();
         let out_bytes = (plan.n_bins * nc * 4) as u64;
-        let out = ctx.scoped(|| {
+        let (out, staged) = ctx.scoped(|| {
             let out = self.device_out(out_bytes)?;
+            let mut staged = None;
             if n > 0 {
                 self.prepare_state(nc)?;
                 let input_desc = Input::Sparse {
@@ -724,17 +741,32 @@ impl GpuBinning {
                     cap: ev.capacity,
                     merged: false,
                 };
-                let (enc, last) = self.record(plan, nc, n, input_desc, &out)?;
-                self.finish(enc, last, None, true, n)?;
+                staged = Some(self.record(plan, nc, n, input_desc, &out)?);
             }
-            Ok(out)
+            Ok((out, staged))
         })?;
-        Ok(DeviceArray::from_buffer(
-            &self.ctx,
-            out,
-            vec![plan.n_bins, nc],
-            DType::F32,
-        ))
+        let out = DeviceArray::from_buffer(&self.ctx, out, vec![plan.n_bins, nc], DType::F32);
+        Ok((out, staged))
+    }
+
+    /// [`GpuBinning::sparse_device`] recorded for a submission shared with the stages before
+    /// it (the chain's); the operator moves on to its new state at once (see [`Staged`]).
+    pub fn stage_sparse(
+        &mut self,
+        plan: &Plan,
+        ev: &DeviceEvents,
+    ) -> Result<(DeviceArray, Option<Staged>)> {
+        let (out, staged) = self.stage_sparse_device(plan, ev)?;
+        let Some((enc, last)) = staged else {
+            return Ok((out, None));
+        };
+        let flags = self.flags.ensure(&self.ctx, 16)?;
+        self.cur = last;
+        let staged = Staged {
+            commands: enc.finish(),
+            checks: vec![flags],
+        };
+        Ok((out, Some(staged)))
     }
 }
 

@@ -57,7 +57,7 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::events::{DeviceEvents, Event};
 use crate::exact::BinEdges;
-use crate::gpu::{DeviceArray, StreamMark};
+use crate::gpu::{DeviceArray, Staged, StreamMark};
 use crate::state::{Fingerprint, StateReader, StateWriter};
 use crate::validate::{device_chunk_dims, needs_gpu};
 
@@ -901,16 +901,8 @@ impl BinnedActivation {
     /// Processes events already on the device (e.g. threshold crossing's output), leaving
     /// the bins on the device. The events' chunk must start at this stream's position.
     pub fn process_device_events(&mut self, events: &DeviceEvents) -> Result<DeviceBinned> {
-        self.check_channels(events.n_channels)?;
-        if events.chunk_start != self.position() {
-            return Err(Error::shape(
-                "device events",
-                format!("a chunk starting at sample {}", self.position()),
-                format!("a chunk starting at sample {}", events.chunk_start),
-            ));
-        }
         let n = events.n_samples as u64;
-        let plan = self.plan(n)?;
+        let plan = self.device_events_plan(events)?;
         let EngineState::Gpu(g) = &mut self.engine else {
             return Err(needs_gpu("process_device_events"));
         };
@@ -921,6 +913,40 @@ impl BinnedActivation {
             n_bins: plan.n_bins,
             values,
         })
+    }
+
+    /// The plan of `events`' chunk, after checking that they continue this stream.
+    fn device_events_plan(&self, events: &DeviceEvents) -> Result<Plan> {
+        self.check_channels(events.n_channels)?;
+        if events.chunk_start != self.position() {
+            return Err(Error::shape(
+                "device events",
+                format!("a chunk starting at sample {}", self.position()),
+                format!("a chunk starting at sample {}", events.chunk_start),
+            ));
+        }
+        self.plan(events.n_samples as u64)
+    }
+
+    /// [`BinnedActivation::process_device_events`] recorded for a submission shared with the
+    /// stages before it (the chain's); see [`Staged`]. No commands for an empty chunk.
+    pub(crate) fn stage_device_events(
+        &mut self,
+        events: &DeviceEvents,
+    ) -> Result<(DeviceBinned, Option<Staged>)> {
+        let n = events.n_samples as u64;
+        let plan = self.device_events_plan(events)?;
+        let EngineState::Gpu(g) = &mut self.engine else {
+            return Err(needs_gpu("process_device_events"));
+        };
+        let (values, staged) = g.stage_sparse(&plan, events)?;
+        self.commit(n, &plan, events.n_channels);
+        let binned = DeviceBinned {
+            first_bin: plan.first_bin,
+            n_bins: plan.n_bins,
+            values,
+        };
+        Ok((binned, staged))
     }
 }
 

@@ -16,7 +16,14 @@
 //! # Engines
 //! On the GPU engine a chunk is uploaded once; the filter, the reference, threshold crossing
 //! and binning run on the device one after the other, each reading the previous stage's
-//! device output; the events and the bins are read back at the end (two small read-backs).
+//! device output. With the LRR reference or none, the stages are recorded one after the
+//! other and submitted together, and one read-back brings their status words, the events and
+//! the bins: one round trip per chunk. When that read-back shows a stage with something to
+//! report (a non-finite value) or to redo (a channel with more events than the slots it was
+//! given), every stage is rewound and the chunk runs again stage by stage, each stage
+//! submitted and checked on its own, which reports the error or grows the slots. The common
+//! average reference, and `profile_stages` (which times each stage), always go stage by
+//! stage.
 //! [`Chain::process_device`] starts from a chunk already on the device (the simulation's
 //! synthesised recording, or any operator's output) and skips the upload.
 //! On the CPU engine the same operators run in plain Rust. Either way the output equals the
@@ -42,10 +49,10 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::filter::{BandpassFilter, FilterSettings};
-use crate::gpu::{DType, DeviceArray, GpuContext};
+use crate::gpu::{DType, DeviceArray, GpuContext, Staged};
 use crate::lrr::{Lrr, LrrSettings};
 use crate::reference::{CarSettings, CommonAverage};
-use crate::threshold::{ThresholdCrossing, ThresholdSettings};
+use crate::threshold::{GpuThreshold, ThresholdCrossing, ThresholdSettings};
 use crate::validate::check_finite;
 
 mod state;
@@ -687,16 +694,122 @@ impl Chain {
             self.detect.mark(),
             self.bin.mark(),
         );
-        let out = self.run_stages_gpu(ctx, up, t0);
-        if out.is_err() {
+        let rewind = |chain: &mut Self| {
             let (filter, detect, bin) = marks;
-            if let (Some(f), Some(m)) = (&mut self.filter, filter) {
+            if let (Some(f), Some(m)) = (&mut chain.filter, filter) {
                 f.rewind(m);
             }
-            self.detect.rewind(detect);
-            self.bin.rewind(bin);
+            chain.detect.rewind(detect);
+            chain.bin.rewind(bin);
+        };
+        let one_submission = !self.settings.profile_stages
+            && up.shape()[0] > 0
+            && matches!(self.reference, Reference::Lrr(_) | Reference::None);
+        if one_submission {
+            match self.run_stages_gpu_at_once(ctx, &up, t0) {
+                Ok(Some(out)) => return Ok(out),
+                // A stage found something to report or to redo (a non-finite value, more
+                // events than slots): the stage-by-stage path below says what, or redoes it.
+                Ok(None) => rewind(self),
+                Err(e) => {
+                    rewind(self);
+                    return Err(e);
+                }
+            }
+        }
+        let out = self.run_stages_gpu(ctx, up, t0);
+        if out.is_err() {
+            rewind(self);
         }
         out
+    }
+
+    /// The device stages on the non-empty chunk `up` recorded one after the other and
+    /// submitted together, with one read-back of their status words, the events and the bins:
+    /// one round trip per chunk. `None` when a status word is set or a channel found more
+    /// events than it had slots; then the stages have moved on and the caller rewinds them.
+    /// The reference is LRR or none.
+    fn run_stages_gpu_at_once(
+        &mut self,
+        ctx: &std::sync::Arc<GpuContext>,
+        up: &DeviceArray,
+        t0: Instant,
+    ) -> Result<Option<ChainOutput>> {
+        let mut t = Instant::now();
+        self.times.upload += t - t0;
+        let mut lap = |slot: &mut Duration| {
+            let now = Instant::now();
+            *slot += now - t;
+            t = now;
+        };
+        let mut commands = Vec::with_capacity(4);
+        let mut checks = Vec::with_capacity(3);
+        let mut take = |staged: Staged, commands: &mut Vec<wgpu::CommandBuffer>| {
+            commands.push(staged.commands);
+            checks.extend(staged.checks);
+        };
+        let filtered = match &mut self.filter {
+            Some(f) => {
+                let (out, staged) = f.stage_device(up)?;
+                take(staged, &mut commands);
+                out
+            }
+            None => up.clone(),
+        };
+        lap(&mut self.times.filter);
+        let referenced = match &mut self.reference {
+            Reference::Lrr(l) => {
+                let (out, staged) = l.stage_transform_device(&filtered)?;
+                commands.extend(staged);
+                out
+            }
+            _ => filtered,
+        };
+        lap(&mut self.times.reference);
+        let (dev_events, staged) = self.detect.stage_device(&referenced)?;
+        take(staged, &mut commands);
+        lap(&mut self.times.threshold);
+        let (dev_bins, staged) = self.bin.stage_device_events(&dev_events)?;
+        if let Some(staged) = staged {
+            take(staged, &mut commands);
+        }
+        let mut reads: Vec<(&wgpu::Buffer, u64, u64)> = checks.iter().map(|b| (b, 0, 4)).collect();
+        reads.extend(GpuThreshold::event_reads(&dev_events));
+        let bins_bytes = (dev_bins.n_bins * self.n_channels * 4) as u64;
+        if bins_bytes > 0 {
+            reads.push((dev_bins.values.buffer(), 0, bins_bytes));
+        }
+        let bytes = ctx.scoped(|| ctx.submit_all_and_read(commands, ctx.encoder(), &reads))?;
+        let words = 4 * checks.len();
+        if bytes.len() < words || bytes[..words].iter().any(|&b| b != 0) {
+            return Ok(None);
+        }
+        let [counts, slots] = GpuThreshold::event_reads(&dev_events);
+        let events_end = words + (counts.2 + slots.2) as usize;
+        let Some(events) = GpuThreshold::decode_read(&dev_events, &bytes[words..events_end]) else {
+            return Ok(None);
+        };
+        let vals: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes[events_end..]);
+        let values = Array2::from_shape_vec((dev_bins.n_bins, self.n_channels), vals)
+            .map_err(|e| Error::Readback(e.to_string()))?;
+        lap(&mut self.times.binning);
+        Ok(Some(ChainOutput {
+            events,
+            bins: self.binned(dev_bins.first_bin, values),
+        }))
+    }
+
+    /// Bins `values` (the rows of bins `first_bin..`) with their timestamps.
+    fn binned(&self, first_bin: u64, values: Array2<f32>) -> Binned {
+        let b = &self.settings.binning;
+        let timestamps = (0..values.nrows() as u64)
+            .map(|i| b.t0 + (first_bin + i) as f64 * b.bin_duration)
+            .collect();
+        Binned {
+            first_bin,
+            values,
+            timestamps,
+        }
     }
 
     /// [`Chain::stages_gpu`] without the rewind.
@@ -742,17 +855,9 @@ impl Chain {
             (events, values)
         };
         lap(&mut self.times.binning);
-        let b = &self.settings.binning;
-        let timestamps = (0..dev_bins.n_bins as u64)
-            .map(|i| b.t0 + (dev_bins.first_bin + i) as f64 * b.bin_duration)
-            .collect();
         Ok(ChainOutput {
             events,
-            bins: Binned {
-                first_bin: dev_bins.first_bin,
-                values,
-                timestamps,
-            },
+            bins: self.binned(dev_bins.first_bin, values),
         })
     }
 }

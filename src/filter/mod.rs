@@ -85,7 +85,7 @@ use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::gpu::{DeviceArray, SameShapeKernel, StreamMark};
+use crate::gpu::{DeviceArray, SameShapeKernel, Staged, StreamMark};
 use crate::state::{Fingerprint, StateReader, StateWriter};
 use crate::validate::{check_finite, check_out_shape, f32_device_chunk, needs_gpu};
 use design::C64;
@@ -564,6 +564,19 @@ impl BandpassFilter {
         if n > 0 {
             self.n_channels = Some(c);
         }
+        Ok(out)
+    }
+
+    /// [`BandpassFilter::process_device`] of a non-empty chunk, recorded for a submission
+    /// shared with the stages after it (the chain's); see [`Staged`].
+    pub(crate) fn stage_device(&mut self, chunk: &DeviceArray) -> Result<(DeviceArray, Staged)> {
+        let (_, c) = f32_device_chunk(chunk, "the filter")?;
+        self.check_shape(c)?;
+        let EngineState::Gpu(g) = &mut self.engine else {
+            return Err(needs_gpu("process_device"));
+        };
+        let out = g.stage_device(chunk)?;
+        self.n_channels = Some(c);
         Ok(out)
     }
 }

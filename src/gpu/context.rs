@@ -522,6 +522,17 @@ impl GpuContext {
     /// allocates nothing after the first.
     pub(crate) fn submit_and_read(
         &self,
+        encoder: wgpu::CommandEncoder,
+        read: &[(&wgpu::Buffer, u64, u64)],
+    ) -> Result<Vec<u8>> {
+        self.submit_all_and_read(Vec::new(), encoder, read)
+    }
+
+    /// [`GpuContext::submit_and_read`] with the command buffers `before` submitted ahead of
+    /// `encoder`, in order, in the same submission: one round trip for them all.
+    pub(crate) fn submit_all_and_read(
+        &self,
+        before: Vec<wgpu::CommandBuffer>,
         mut encoder: wgpu::CommandEncoder,
         read: &[(&wgpu::Buffer, u64, u64)],
     ) -> Result<Vec<u8>> {
@@ -572,7 +583,9 @@ impl GpuContext {
                 at += len4;
             }
         }
-        let index = self.queue.submit(Some(encoder.finish()));
+        let index = self
+            .queue
+            .submit(before.into_iter().chain(Some(encoder.finish())));
         if total == 0 {
             self.device
                 .poll(wgpu::PollType::Wait {

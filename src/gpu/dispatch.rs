@@ -255,16 +255,25 @@ pub(crate) trait SameShapeKernel {
     }
 }
 
-/// Clears `status`, records one compute pass named `label` with `record`, submits it and reads
-/// back the `reads` ranges and then the status word. Returns the status word and the ranges'
-/// bytes, concatenated.
-pub(crate) fn submit_pass(
+/// One stage's commands, recorded for a submission shared with the stages after it (the
+/// chain's one round trip per chunk), and the status words to check once they have run. The
+/// stage has already moved on to its new state: a caller that finds a word non-zero rewinds
+/// it (see [`StreamMark`]).
+#[derive(Debug)]
+pub(crate) struct Staged {
+    /// The stage's commands.
+    pub(crate) commands: wgpu::CommandBuffer,
+    /// Buffers whose first 32-bit word reads 0 when the stage ran cleanly.
+    pub(crate) checks: Vec<wgpu::Buffer>,
+}
+
+/// Clears `status` and records one compute pass named `label` with `record`.
+pub(crate) fn record_pass(
     ctx: &GpuContext,
     status: &wgpu::Buffer,
     label: &str,
     record: impl FnOnce(&mut wgpu::ComputePass<'_>),
-    reads: &[(&wgpu::Buffer, u64, u64)],
-) -> Result<(u32, Vec<u8>)> {
+) -> wgpu::CommandEncoder {
     let mut enc = ctx.encoder();
     enc.clear_buffer(status, 0, None);
     {
@@ -274,6 +283,17 @@ pub(crate) fn submit_pass(
         });
         record(&mut pass);
     }
+    enc
+}
+
+/// Submits `enc` and reads back the `reads` ranges and then the status word. Returns the
+/// status word and the ranges' bytes, concatenated.
+pub(crate) fn read_with_status(
+    ctx: &GpuContext,
+    enc: wgpu::CommandEncoder,
+    status: &wgpu::Buffer,
+    reads: &[(&wgpu::Buffer, u64, u64)],
+) -> Result<(u32, Vec<u8>)> {
     let mut all = Vec::with_capacity(reads.len() + 1);
     all.extend_from_slice(reads);
     all.push((status, 0, 4));
@@ -285,6 +305,18 @@ pub(crate) fn submit_pass(
     let word: u32 = bytemuck::pod_read_unaligned(&bytes[at..]);
     bytes.truncate(at);
     Ok((word, bytes))
+}
+
+/// [`record_pass`], then [`read_with_status`].
+pub(crate) fn submit_pass(
+    ctx: &GpuContext,
+    status: &wgpu::Buffer,
+    label: &str,
+    record: impl FnOnce(&mut wgpu::ComputePass<'_>),
+    reads: &[(&wgpu::Buffer, u64, u64)],
+) -> Result<(u32, Vec<u8>)> {
+    let enc = record_pass(ctx, status, label, record);
+    read_with_status(ctx, enc, status, reads)
 }
 
 /// The error for the first non-finite sample of row `row` of the `· × nc` f32 chunk in

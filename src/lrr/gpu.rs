@@ -712,12 +712,18 @@ impl GpuLrr {
         Array2::from_shape_vec((rows, nc), out).map_err(|e| Error::Readback(e.to_string()))
     }
 
-    /// Transform of a device chunk into a device array.
-    pub fn transform_device(
+    /// Submits `commands` (a staged transform), not waiting for them.
+    pub fn submit(&mut self, commands: wgpu::CommandBuffer) {
+        self.pending = Some(self.ctx.queue.submit(Some(commands)));
+    }
+
+    /// The transform of a device chunk into a device array, recorded: the commands (none for
+    /// an empty chunk) are the caller's to submit, with [`GpuLrr::submit`] or together with
+    /// the stages after it (the chain's one submission per chunk).
+    pub fn stage_transform_device(
         &mut self,
-        _layout: &Layout,
         chunk: &DeviceArray,
-    ) -> Result<DeviceArray> {
+    ) -> Result<(DeviceArray, Option<wgpu::CommandBuffer>)> {
         if !Arc::ptr_eq(chunk.context(), &self.ctx) {
             return Err(Error::DeviceArray("chunk lives on another device".into()));
         }
@@ -730,19 +736,15 @@ impl GpuLrr {
         self.wait_pending()?;
         let bytes = (n * nc * 4) as u64;
         let out = reusable_output(&self.ctx, &mut self.dev_out, bytes, "lrr-out")?;
-        if n > 0 {
+        let commands = if n > 0 {
             let ctx = self.ctx.clone();
-            ctx.scoped(|| {
-                let enc = self.record_transform(chunk.buffer(), &out, n, nc);
-                self.pending = Some(ctx.queue.submit(Some(enc.finish())));
-                Ok(())
-            })?;
-        }
-        Ok(DeviceArray::from_buffer(
-            &self.ctx,
-            out,
-            vec![n, nc],
-            DType::F32,
+            Some(ctx.scoped(|| Ok(self.record_transform(chunk.buffer(), &out, n, nc).finish()))?)
+        } else {
+            None
+        };
+        Ok((
+            DeviceArray::from_buffer(&self.ctx, out, vec![n, nc], DType::F32),
+            commands,
         ))
     }
 }

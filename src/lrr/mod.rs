@@ -887,6 +887,19 @@ impl Lrr {
     /// `Y = X·(I − W)` for a chunk already on the device (`f32`, `(samples, channels)`),
     /// leaving `Y` on the device for the next stage. GPU engine only.
     pub fn transform_device(&mut self, chunk: &DeviceArray) -> Result<DeviceArray> {
+        let (out, commands) = self.stage_transform_device(chunk)?;
+        if let (Some(commands), Some(EngineState::Gpu(g))) = (commands, &mut self.state) {
+            g.submit(commands);
+        }
+        Ok(out)
+    }
+
+    /// [`Lrr::transform_device`] recorded for a submission shared with the stages after it
+    /// (the chain's): the commands (none for an empty chunk) are the caller's to submit.
+    pub(crate) fn stage_transform_device(
+        &mut self,
+        chunk: &DeviceArray,
+    ) -> Result<(DeviceArray, Option<wgpu::CommandBuffer>)> {
         let shape = chunk.shape().to_vec();
         if shape.len() != 2 || chunk.dtype() != crate::gpu::DType::F32 {
             return Err(Error::shape(
@@ -900,10 +913,10 @@ impl Lrr {
             return Err(needs_gpu("transform_device"));
         }
         self.refresh(false)?;
-        let (Some(layout), Some(EngineState::Gpu(g))) = (&self.layout, &mut self.state) else {
+        let Some(EngineState::Gpu(g)) = &mut self.state else {
             return Err(Error::Validation("no engine state".into()));
         };
-        g.transform_device(layout, chunk)
+        g.stage_transform_device(chunk)
     }
 
     /// The current weights `W` (`n × n`, zero outside the cluster blocks), solving first if

@@ -17,9 +17,9 @@ use super::{comparison_value, ChannelState, Params};
 use crate::error::{Error, Result};
 use crate::events::{DeviceEvents, Event};
 use crate::gpu::{
-    align_step, bind, check_context, grid, non_finite_row, reusable_output, rows_per_piece,
-    submit_pass, upload_chunk, write_padded, Binding, DeviceArray, GpuContext, GrowBuffer,
-    ParamsBuffer, TrackedBuffer,
+    align_step, bind, check_context, grid, non_finite_row, read_with_status, record_pass,
+    reusable_output, rows_per_piece, upload_chunk, write_padded, Binding, DeviceArray, GpuContext,
+    GrowBuffer, ParamsBuffer, Staged, TrackedBuffer,
 };
 use crate::shaders::THRESHOLD;
 
@@ -359,7 +359,9 @@ impl GpuThreshold {
         let bound = max_events(n);
         let mut cap = self.cap_hint.min(bound).max(1);
         loop {
-            let (next, counts, status, slots) = self.run_once(p, input, n, nc, cap, read_slots)?;
+            let ctx = self.ctx.clone();
+            let (next, enc) = ctx.scoped(|| self.record_once(p, input, n, nc, cap))?;
+            let (counts, status, slots) = self.read_pass(enc, nc, cap, read_slots)?;
             if status != 0 {
                 let row = !status as usize;
                 return Err(self.non_finite(input, row, nc));
@@ -386,18 +388,44 @@ impl GpuThreshold {
             .unwrap_or_else(|e| e)
     }
 
-    /// One pass over the chunk with `cap` slots per channel. Returns the state index written
-    /// last, the counts, the status word and (when asked) the slots' bytes.
-    #[allow(clippy::type_complexity)]
-    fn run_once(
+    /// Submits one recorded pass with `cap` slots per channel and reads back the counts, the
+    /// status word and (when asked) the slots' bytes.
+    fn read_pass(
+        &self,
+        enc: wgpu::CommandEncoder,
+        nc: usize,
+        cap: u32,
+        read_slots: bool,
+    ) -> Result<(Vec<u32>, u32, Option<Vec<u8>>)> {
+        let (Some(slots), Some(counts)) = (&self.slots, &self.counts) else {
+            return Err(Error::Validation(
+                "event buffers missing after a run".into(),
+            ));
+        };
+        let slots_bytes = nc as u64 * cap as u64 * SLOT_BYTES;
+        let mut reads: Vec<(&wgpu::Buffer, u64, u64)> = vec![(counts, 0, nc as u64 * 4)];
+        if read_slots {
+            reads.push((slots, 0, slots_bytes));
+        }
+        let (status, mut bytes) = self
+            .ctx
+            .scoped(|| read_with_status(&self.ctx, enc, &self.status, &reads))?;
+        let cb = nc * 4;
+        let slot_bytes = read_slots.then(|| bytes.split_off(cb));
+        let counts_v: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes[..cb]);
+        Ok((counts_v, status, slot_bytes))
+    }
+
+    /// Records one pass over the chunk with `cap` slots per channel; returns the state index
+    /// it writes last and the commands.
+    fn record_once(
         &mut self,
         p: &Params,
         input: &wgpu::Buffer,
         n: usize,
         nc: usize,
         cap: u32,
-        read_slots: bool,
-    ) -> Result<(usize, Vec<u32>, u32, Option<Vec<u8>>)> {
+    ) -> Result<(usize, wgpu::CommandEncoder)> {
         debug_assert_eq!(mode_bits(p), self.mode, "params of another operator");
         let ctx = self.ctx.clone();
         let limits = ctx.limits();
@@ -540,21 +568,8 @@ impl GpuThreshold {
                     pass.dispatch_workgroups(x, y, z);
                 }
             };
-            let mut reads: Vec<(&wgpu::Buffer, u64, u64)> = vec![(&counts, 0, nc as u64 * 4)];
-            if read_slots {
-                reads.push((&slots, 0, slots_bytes));
-            }
-            let (status, mut bytes) = submit_pass(
-                &ctx,
-                &self.status,
-                "neurokernels.threshold.detect",
-                record,
-                &reads,
-            )?;
-            let cb = nc * 4;
-            let slot_bytes = read_slots.then(|| bytes.split_off(cb));
-            let counts_v: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes[..cb]);
-            Ok((state_out, counts_v, status, slot_bytes))
+            let enc = record_pass(&ctx, &self.status, "neurokernels.threshold.detect", record);
+            Ok((state_out, enc))
         })
     }
 
@@ -601,6 +616,74 @@ impl GpuThreshold {
             chunk_start: start,
             n_samples: n,
         })
+    }
+
+    /// [`GpuThreshold::process_device`] recorded for a submission shared with the stages after
+    /// it (the chain's), with as many slots per channel as the largest count so far needed;
+    /// the operator moves on to its new state at once (see [`Staged`]). The events are whole
+    /// only if the status word reads 0 and no count exceeds the capacity
+    /// ([`GpuThreshold::decode_read`]); otherwise the caller rewinds and runs the chunk with
+    /// [`GpuThreshold::process_device`], which grows the slots.
+    pub(crate) fn stage_device(
+        &mut self,
+        p: &Params,
+        thr: &[f64],
+        chunk: &DeviceArray,
+        start: u64,
+    ) -> Result<(DeviceEvents, Staged)> {
+        check_context(&self.ctx, chunk)?;
+        let shape = chunk.shape();
+        let (n, nc) = (shape[0], shape[1]);
+        if self.init_for != Some(nc) {
+            self.init(nc, thr)?;
+        }
+        let cap = self.cap_hint.min(max_events(n)).max(1);
+        let ctx = self.ctx.clone();
+        let (next, enc) = ctx.scoped(|| self.record_once(p, chunk.buffer(), n, nc, cap))?;
+        let (Some(slots), Some(counts)) = (self.slots.clone(), self.counts.clone()) else {
+            return Err(Error::Validation(
+                "event buffers missing after a run".into(),
+            ));
+        };
+        self.committed = next;
+        let staged = Staged {
+            commands: enc.finish(),
+            checks: vec![(*self.status).clone()],
+        };
+        let events = DeviceEvents {
+            slots,
+            counts,
+            capacity: cap,
+            n_channels: nc,
+            chunk_start: start,
+            n_samples: n,
+        };
+        Ok((events, staged))
+    }
+
+    /// The read-back ranges of `ev`: its counts, then its slots.
+    pub(crate) fn event_reads(ev: &DeviceEvents) -> [(&wgpu::Buffer, u64, u64); 2] {
+        let nc = ev.n_channels as u64;
+        [
+            (&**ev.counts, 0, nc * 4),
+            (&**ev.slots, 0, nc * ev.capacity as u64 * SLOT_BYTES),
+        ]
+    }
+
+    /// The events of `ev` from the bytes of its [`GpuThreshold::event_reads`], or `None` when
+    /// a channel found more events than it has slots.
+    pub(crate) fn decode_read(ev: &DeviceEvents, bytes: &[u8]) -> Option<Vec<Event>> {
+        let nc = ev.n_channels;
+        let counts: Vec<u32> = bytemuck::pod_collect_to_vec(bytes.get(..nc * 4)?);
+        if counts.iter().any(|&k| k > ev.capacity) {
+            return None;
+        }
+        Some(decode(
+            &counts,
+            ev.capacity,
+            &bytes[nc * 4..],
+            ev.chunk_start,
+        ))
     }
 
     /// Whether `ctx` is this operator's device.

@@ -103,6 +103,7 @@
 
 mod cpu;
 mod gpu;
+pub(crate) use gpu::GpuThreshold;
 
 use std::borrow::Cow;
 
@@ -112,7 +113,7 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::events::{DeviceEvents, Event};
 use crate::exact::duration_samples;
-use crate::gpu::{DType, DeviceArray, StreamMark};
+use crate::gpu::{DType, DeviceArray, Staged, StreamMark};
 use crate::state::{Fingerprint, StateReader, StateWriter};
 use crate::validate::{check_finite, f32_device_chunk, needs_gpu, non_finite_in_row};
 
@@ -770,16 +771,32 @@ impl ThresholdCrossing {
     /// As [`ThresholdCrossing::process`], plus [`Error::DeviceArray`] for the CPU engine, an
     /// array of another element type, rank or device.
     pub fn process_device(&mut self, chunk: &DeviceArray) -> Result<DeviceEvents> {
+        self.on_device(chunk, gpu::GpuThreshold::process_device)
+    }
+
+    /// [`ThresholdCrossing::process_device`] recorded for a submission shared with the stages
+    /// after it (the chain's); see [`gpu::GpuThreshold::stage_device`].
+    pub(crate) fn stage_device(&mut self, chunk: &DeviceArray) -> Result<(DeviceEvents, Staged)> {
+        self.on_device(chunk, gpu::GpuThreshold::stage_device)
+    }
+
+    /// Checks the device `chunk`, hands it to `run` on the GPU half with this stream's
+    /// params, thresholds and position, and moves the stream past it.
+    fn on_device<T>(
+        &mut self,
+        chunk: &DeviceArray,
+        run: impl FnOnce(&mut gpu::GpuThreshold, &Params, &[f64], &DeviceArray, u64) -> Result<T>,
+    ) -> Result<T> {
         let (n, c) = f32_device_chunk(chunk, "threshold crossing")?;
         self.check_shape(n, c)?;
         let thr = self.thresholds.for_channels(c);
         let EngineState::Gpu(g) = &mut self.engine else {
             return Err(needs_gpu("process_device"));
         };
-        let events = g.process_device(&self.params, &thr, chunk, self.pos)?;
+        let out = run(g, &self.params, &thr, chunk, self.pos)?;
         self.pos += n as u64;
         self.n_channels = Some(c);
-        Ok(events)
+        Ok(out)
     }
 
     /// Reads device events back to the host, with absolute samples, sorted by
