@@ -144,7 +144,7 @@ fn a_burst_of_more_events_than_slots_equals_its_operators() {
     }
     let cal = x.slice(s![..6_000, ..]);
     for (name, engine) in engines() {
-        for reference in [ReferenceMode::Lrr, ReferenceMode::None] {
+        for reference in [ReferenceMode::Lrr, ReferenceMode::Car, ReferenceMode::None] {
             let make = || {
                 Chain::calibrate(&engine, settings(reference, c), FS, cal, 0).expect("calibrate")
             };

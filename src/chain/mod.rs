@@ -16,14 +16,13 @@
 //! # Engines
 //! On the GPU engine a chunk is uploaded once; the filter, the reference, threshold crossing
 //! and binning run on the device one after the other, each reading the previous stage's
-//! device output. With the LRR reference or none, the stages are recorded one after the
-//! other and submitted together, and one read-back brings their status words, the events and
-//! the bins: one round trip per chunk. When that read-back shows a stage with something to
-//! report (a non-finite value) or to redo (a channel with more events than the slots it was
-//! given), every stage is rewound and the chunk runs again stage by stage, each stage
-//! submitted and checked on its own, which reports the error or grows the slots. The common
-//! average reference, and `profile_stages` (which times each stage), always go stage by
-//! stage.
+//! device output. The stages are recorded one after the other and submitted together, and
+//! one read-back brings their status words, the events and the bins: one round trip per
+//! chunk. When that read-back shows a stage with something to report (a non-finite value) or
+//! to redo (a channel with more events than the slots it was given), every stage is rewound
+//! and the chunk runs again stage by stage, each stage submitted and checked on its own,
+//! which reports the error or grows the slots. With `profile_stages` (which times each stage)
+//! every chunk goes stage by stage.
 //! [`Chain::process_device`] starts from a chunk already on the device (the simulation's
 //! synthesised recording, or any operator's output) and skips the upload.
 //! On the CPU engine the same operators run in plain Rust. Either way the output equals the
@@ -702,9 +701,7 @@ impl Chain {
             chain.detect.rewind(detect);
             chain.bin.rewind(bin);
         };
-        let one_submission = !self.settings.profile_stages
-            && up.shape()[0] > 0
-            && matches!(self.reference, Reference::Lrr(_) | Reference::None);
+        let one_submission = !self.settings.profile_stages && up.shape()[0] > 0;
         if one_submission {
             match self.run_stages_gpu_at_once(ctx, &up, t0) {
                 Ok(Some(out)) => return Ok(out),
@@ -728,7 +725,6 @@ impl Chain {
     /// submitted together, with one read-back of their status words, the events and the bins:
     /// one round trip per chunk. `None` when a status word is set or a channel found more
     /// events than it had slots; then the stages have moved on and the caller rewinds them.
-    /// The reference is LRR or none.
     fn run_stages_gpu_at_once(
         &mut self,
         ctx: &std::sync::Arc<GpuContext>,
@@ -763,7 +759,12 @@ impl Chain {
                 commands.extend(staged);
                 out
             }
-            _ => filtered,
+            Reference::Car(c) => {
+                let (out, staged) = c.stage_device(&filtered)?;
+                take(staged, &mut commands);
+                out
+            }
+            Reference::None => filtered,
         };
         lap(&mut self.times.reference);
         let (dev_events, staged) = self.detect.stage_device(&referenced)?;

@@ -16,9 +16,9 @@ use bytemuck::{Pod, Zeroable};
 use super::cpu::Coeffs;
 use crate::error::{Error, Result};
 use crate::gpu::{
-    align_step, bind, check_context, grid, non_finite_row, read_with_status, record_pass,
-    reusable_output, row_pieces, rows_per_piece, rows_too_wide, write_padded, Binding, DType,
-    DeviceArray, GpuContext, GrowBuffer, ParamsBuffer, SameShapeKernel, Staged, TrackedBuffer,
+    align_step, bind, grid, record_pass, reusable_output, row_pieces, rows_per_piece,
+    rows_too_wide, write_padded, Binding, GpuContext, GrowBuffer, ParamsBuffer, SameShapeKernel,
+    TrackedBuffer,
 };
 use crate::shaders::{FILTER, FILTER_F64};
 
@@ -264,68 +264,16 @@ impl SameShapeKernel for GpuFilter {
         )
     }
 
-    /// Filters the `n × nc` chunk in `input` into `output` from the committed state, then
-    /// commits. With `read_output`, the output's bytes come back too.
-    fn run(
-        &mut self,
-        input: &wgpu::Buffer,
-        output: &wgpu::Buffer,
-        n: usize,
-        nc: usize,
-        read_output: bool,
-    ) -> Result<Option<Vec<u8>>> {
-        let ctx = self.ctx.clone();
-        ctx.scoped(|| {
-            let (enc, state_out) = self.record(input, output, n, nc)?;
-            let row_bytes = nc as u64 * 4;
-            let reads: &[(&wgpu::Buffer, u64, u64)] = if read_output {
-                &[(output, 0, n as u64 * row_bytes)]
-            } else {
-                &[]
-            };
-            let (status, bytes) = read_with_status(&ctx, enc, &self.status, reads)?;
-            if status != 0 {
-                return Err(non_finite_row(&ctx, input, !status as usize, nc));
-            }
-            self.committed = state_out;
-            Ok(read_output.then_some(bytes))
-        })
+    fn status(&self) -> &wgpu::Buffer {
+        &self.status
     }
-}
 
-impl GpuFilter {
-    /// A rank-2 f32 device chunk (`n > 0`, checked by the caller to live on this context),
-    /// recorded for a shared submission: the output stays on the device and the filter moves
-    /// on to its new state at once (see [`Staged`]).
-    pub(crate) fn stage_device(&mut self, chunk: &DeviceArray) -> Result<(DeviceArray, Staged)> {
-        let ctx = self.ctx.clone();
-        check_context(&ctx, chunk)?;
-        let shape = chunk.shape().to_vec();
-        let [n, nc] = shape[..] else {
-            return Err(Error::shape(
-                "chunk",
-                "(samples, channels)",
-                format!("{shape:?}"),
-            ));
-        };
-        let (output, enc, state_out) = ctx.scoped(|| {
-            let output = self.output_buffer((n * nc * 4) as u64)?;
-            let (enc, state_out) = self.record(chunk.buffer(), &output, n, nc)?;
-            Ok((output, enc, state_out))
-        })?;
-        self.committed = state_out;
-        let staged = Staged {
-            commands: enc.finish(),
-            checks: vec![(*self.status).clone()],
-        };
-        Ok((
-            DeviceArray::from_buffer(&ctx, output, shape, DType::F32),
-            staged,
-        ))
+    fn commit(&mut self, token: usize) {
+        self.committed = token;
     }
 
     /// Records the filter of the `n × nc` chunk in `input` into `output` from the committed
-    /// state; returns the commands and the state copy they leave the new state in.
+    /// state; the token is the state copy the commands leave the new state in.
     fn record(
         &mut self,
         input: &wgpu::Buffer,

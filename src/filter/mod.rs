@@ -556,11 +556,7 @@ impl BandpassFilter {
     /// array of another element type or context; [`Error::Shape`] for a rank other than 2.
     pub fn process_device(&mut self, chunk: &DeviceArray) -> Result<DeviceArray> {
         let (n, c) = f32_device_chunk(chunk, "the filter")?;
-        self.check_shape(c)?;
-        let EngineState::Gpu(g) = &mut self.engine else {
-            return Err(needs_gpu("process_device"));
-        };
-        let out = g.process_device(chunk)?;
+        let out = self.gpu_for(c)?.process_device(chunk)?;
         if n > 0 {
             self.n_channels = Some(c);
         }
@@ -571,13 +567,18 @@ impl BandpassFilter {
     /// shared with the stages after it (the chain's); see [`Staged`].
     pub(crate) fn stage_device(&mut self, chunk: &DeviceArray) -> Result<(DeviceArray, Staged)> {
         let (_, c) = f32_device_chunk(chunk, "the filter")?;
-        self.check_shape(c)?;
-        let EngineState::Gpu(g) = &mut self.engine else {
-            return Err(needs_gpu("process_device"));
-        };
-        let out = g.stage_device(chunk)?;
+        let out = self.gpu_for(c)?.stage_device(chunk)?;
         self.n_channels = Some(c);
         Ok(out)
+    }
+
+    /// The GPU half, after checking that it can take chunks of `c` channels.
+    fn gpu_for(&mut self, c: usize) -> Result<&mut gpu::GpuFilter> {
+        self.check_shape(c)?;
+        match &mut self.engine {
+            EngineState::Gpu(g) => Ok(g),
+            EngineState::Cpu(_) => Err(needs_gpu("process_device")),
+        }
     }
 }
 

@@ -197,8 +197,9 @@ pub(crate) fn check_context(ctx: &Arc<GpuContext>, chunk: &DeviceArray) -> Resul
 }
 
 /// A GPU kernel that maps an `(n, nc)` f32 chunk to an f32 output of the same shape (the
-/// filter, the common-average reference). The required methods give its buffers and run it;
-/// the provided ones process host and device chunks with them.
+/// filter, the common-average reference) and sets a status word (0, or `!row` of the first
+/// row holding a non-finite sample). The required methods give its buffers, record it and
+/// commit its new state; the provided ones run host and device chunks with them.
 pub(crate) trait SameShapeKernel {
     /// The context the kernel's buffers live on.
     fn context(&self) -> &Arc<GpuContext>;
@@ -209,8 +210,24 @@ pub(crate) trait SameShapeKernel {
     /// An output buffer of at least `bytes`.
     fn output_buffer(&mut self, bytes: u64) -> Result<Arc<TrackedBuffer>>;
 
-    /// Runs the kernel on the `n × nc` chunk in `input` (`n > 0`) into `output`; with
-    /// `read_output`, the output's bytes come back too.
+    /// The status word the kernel sets.
+    fn status(&self) -> &wgpu::Buffer;
+
+    /// Records the kernel on the `n × nc` chunk in `input` (`n > 0`) into `output`, from the
+    /// committed state; returns the commands and a token naming the state they leave.
+    fn record(
+        &mut self,
+        input: &wgpu::Buffer,
+        output: &wgpu::Buffer,
+        n: usize,
+        nc: usize,
+    ) -> Result<(wgpu::CommandEncoder, usize)>;
+
+    /// Makes the state named by a [`SameShapeKernel::record`] token the committed one.
+    fn commit(&mut self, token: usize);
+
+    /// Runs the kernel on the `n × nc` chunk in `input` (`n > 0`) into `output` and commits;
+    /// with `read_output`, the output's bytes come back too.
     fn run(
         &mut self,
         input: &wgpu::Buffer,
@@ -218,7 +235,23 @@ pub(crate) trait SameShapeKernel {
         n: usize,
         nc: usize,
         read_output: bool,
-    ) -> Result<Option<Vec<u8>>>;
+    ) -> Result<Option<Vec<u8>>> {
+        let ctx = self.context().clone();
+        ctx.scoped(|| {
+            let (enc, token) = self.record(input, output, n, nc)?;
+            let reads: &[(&wgpu::Buffer, u64, u64)] = if read_output {
+                &[(output, 0, (n * nc * 4) as u64)]
+            } else {
+                &[]
+            };
+            let (status, bytes) = read_with_status(&ctx, enc, self.status(), reads)?;
+            if status != 0 {
+                return Err(non_finite_row(&ctx, input, !status as usize, nc));
+            }
+            self.commit(token);
+            Ok(read_output.then_some(bytes))
+        })
+    }
 
     /// A host chunk (non-empty, checked finite): upload, run, read the output back.
     fn process_host(&mut self, chunk: ArrayView2<'_, f32>) -> Result<Array2<f32>> {
@@ -233,25 +266,49 @@ pub(crate) trait SameShapeKernel {
 
     /// A rank-2 f32 device chunk: run, leave the output on the device.
     fn process_device(&mut self, chunk: &DeviceArray) -> Result<DeviceArray> {
-        let ctx = self.context().clone();
-        check_context(&ctx, chunk)?;
-        let shape = chunk.shape().to_vec();
-        let (n, nc) = match shape[..] {
-            [n, nc] => (n, nc),
-            _ => {
-                return Err(Error::shape(
-                    "chunk",
-                    "(samples, channels)",
-                    format!("{shape:?}"),
-                ))
-            }
-        };
-        let output = ctx.scoped(|| self.output_buffer((n * nc * 4) as u64))?;
+        let (output, n, nc) = self.device_output(chunk)?;
         if n > 0 {
             let input = chunk.buffer.clone();
             self.run(&input, &output, n, nc, false)?;
         }
-        Ok(DeviceArray::from_buffer(&ctx, output, shape, DType::F32))
+        Ok(DeviceArray::from_buffer(
+            self.context(),
+            output,
+            chunk.shape().to_vec(),
+            DType::F32,
+        ))
+    }
+
+    /// [`SameShapeKernel::process_device`] of a non-empty chunk, recorded for a submission
+    /// shared with the stages after it (the chain's): the kernel commits its new state at
+    /// once (see [`Staged`]).
+    fn stage_device(&mut self, chunk: &DeviceArray) -> Result<(DeviceArray, Staged)> {
+        let (output, n, nc) = self.device_output(chunk)?;
+        let ctx = self.context().clone();
+        let (enc, token) = ctx.scoped(|| self.record(chunk.buffer(), &output, n, nc))?;
+        self.commit(token);
+        let staged = Staged {
+            commands: enc.finish(),
+            checks: vec![self.status().clone()],
+        };
+        let out = DeviceArray::from_buffer(&ctx, output, chunk.shape().to_vec(), DType::F32);
+        Ok((out, staged))
+    }
+
+    /// The output buffer for the rank-2 device `chunk` of this context, and its shape.
+    fn device_output(&mut self, chunk: &DeviceArray) -> Result<(Arc<TrackedBuffer>, usize, usize)> {
+        let ctx = self.context().clone();
+        check_context(&ctx, chunk)?;
+        let shape = chunk.shape();
+        let [n, nc] = shape[..] else {
+            return Err(Error::shape(
+                "chunk",
+                "(samples, channels)",
+                format!("{shape:?}"),
+            ));
+        };
+        let output = ctx.scoped(|| self.output_buffer((n * nc * 4) as u64))?;
+        Ok((output, n, nc))
     }
 }
 
@@ -305,18 +362,6 @@ pub(crate) fn read_with_status(
     let word: u32 = bytemuck::pod_read_unaligned(&bytes[at..]);
     bytes.truncate(at);
     Ok((word, bytes))
-}
-
-/// [`record_pass`], then [`read_with_status`].
-pub(crate) fn submit_pass(
-    ctx: &GpuContext,
-    status: &wgpu::Buffer,
-    label: &str,
-    record: impl FnOnce(&mut wgpu::ComputePass<'_>),
-    reads: &[(&wgpu::Buffer, u64, u64)],
-) -> Result<(u32, Vec<u8>)> {
-    let enc = record_pass(ctx, status, label, record);
-    read_with_status(ctx, enc, status, reads)
 }
 
 /// The error for the first non-finite sample of row `row` of the `· × nc` f32 chunk in

@@ -10,9 +10,8 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::Result;
 use crate::gpu::{
-    align_step, bind, grid, non_finite_row, reusable_output, row_pieces, rows_per_piece,
-    rows_too_wide, submit_pass, Binding, GpuContext, GrowBuffer, ParamsBuffer, SameShapeKernel,
-    TrackedBuffer,
+    align_step, bind, grid, record_pass, reusable_output, row_pieces, rows_per_piece,
+    rows_too_wide, Binding, GpuContext, GrowBuffer, ParamsBuffer, SameShapeKernel, TrackedBuffer,
 };
 use crate::shaders::REFERENCE;
 
@@ -107,15 +106,21 @@ impl SameShapeKernel for GpuCar {
         )
     }
 
-    /// Re-references the `n × nc` chunk in `input` into `output`.
-    fn run(
+    fn status(&self) -> &wgpu::Buffer {
+        &self.status
+    }
+
+    /// No state: nothing to commit.
+    fn commit(&mut self, _token: usize) {}
+
+    /// Records the re-reference of the `n × nc` chunk in `input` into `output`.
+    fn record(
         &mut self,
         input: &wgpu::Buffer,
         output: &wgpu::Buffer,
         n: usize,
         nc: usize,
-        read_output: bool,
-    ) -> Result<Option<Vec<u8>>> {
+    ) -> Result<(wgpu::CommandEncoder, usize)> {
         let ctx = self.ctx.clone();
         let a_s = ctx.limits().min_storage_buffer_offset_alignment as u64;
         let max_b = ctx.max_binding();
@@ -172,17 +177,10 @@ impl SameShapeKernel for GpuCar {
                     pass.dispatch_workgroups(x, y, z);
                 }
             };
-            let reads: &[(&wgpu::Buffer, u64, u64)] = if read_output {
-                &[(output, 0, n64 * row_bytes)]
-            } else {
-                &[]
-            };
-            let (status, bytes) =
-                submit_pass(&ctx, &self.status, "neurokernels.reference", record, reads)?;
-            if status != 0 {
-                return Err(non_finite_row(&ctx, input, !status as usize, nc));
-            }
-            Ok(read_output.then_some(bytes))
+            Ok((
+                record_pass(&ctx, &self.status, "neurokernels.reference", record),
+                0,
+            ))
         })
     }
 }

@@ -33,7 +33,7 @@ use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::gpu::{DeviceArray, SameShapeKernel};
+use crate::gpu::{DeviceArray, SameShapeKernel, Staged};
 use crate::validate::{check_finite, check_out_shape, f32_device_chunk, needs_gpu};
 
 /// Settings of [`CommonAverage`].
@@ -158,11 +158,22 @@ impl CommonAverage {
     /// As [`CommonAverage::process`], plus [`Error::DeviceArray`] for the CPU engine or an
     /// array of another element type or context; [`Error::Shape`] for a rank other than 2.
     pub fn process_device(&mut self, chunk: &DeviceArray) -> Result<DeviceArray> {
+        self.gpu_for(chunk)?.process_device(chunk)
+    }
+
+    /// [`CommonAverage::process_device`] of a non-empty chunk, recorded for a submission
+    /// shared with the stages after it (the chain's); see [`Staged`].
+    pub(crate) fn stage_device(&mut self, chunk: &DeviceArray) -> Result<(DeviceArray, Staged)> {
+        self.gpu_for(chunk)?.stage_device(chunk)
+    }
+
+    /// The GPU half, after checking that `chunk` is an f32 device chunk it can take.
+    fn gpu_for(&mut self, chunk: &DeviceArray) -> Result<&mut gpu::GpuCar> {
         let (_, c) = f32_device_chunk(chunk, "the common-average reference")?;
         self.check_channels(c)?;
-        let EngineState::Gpu(g) = &mut self.engine else {
-            return Err(needs_gpu("process_device"));
-        };
-        g.process_device(chunk)
+        match &mut self.engine {
+            EngineState::Gpu(g) => Ok(g),
+            EngineState::Cpu(_) => Err(needs_gpu("process_device")),
+        }
     }
 }
