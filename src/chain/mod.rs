@@ -48,7 +48,9 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::filter::{BandpassFilter, FilterSettings};
-use crate::gpu::{DType, DeviceArray, GpuContext, Staged};
+use crate::gpu::{
+    reusable_output, write_padded, DType, DeviceArray, GpuContext, Staged, TrackedBuffer,
+};
 use crate::lrr::{Lrr, LrrSettings};
 use crate::reference::{CarSettings, CommonAverage};
 use crate::threshold::{GpuThreshold, ThresholdCrossing, ThresholdSettings};
@@ -281,6 +283,9 @@ pub struct Chain {
     times: StageTimes,
     /// CPU engine: the filter's and the reference's outputs, reused across chunks.
     scratch: [Vec<f32>; 2],
+    /// GPU engine: the buffer host chunks are uploaded to, reused while no device array of a
+    /// caller holds it.
+    upload: Option<std::sync::Arc<TrackedBuffer>>,
 }
 
 /// A channel's noise at or below this fraction of its raw window's RMS is taken as 0 (the
@@ -479,6 +484,7 @@ impl Chain {
             calibration,
             times: StageTimes::default(),
             scratch: [Vec::new(), Vec::new()],
+            upload: None,
         })
     }
 
@@ -675,7 +681,20 @@ impl Chain {
     ) -> Result<ChainOutput> {
         let profile = self.settings.profile_stages;
         let sync = |ctx: &GpuContext| if profile { ctx.wait_idle() } else { Ok(()) };
-        let up = DeviceArray::upload(ctx, chunk.into_dyn())?;
+        // One upload buffer for the stream: no buffer to make, and no fresh pages for the
+        // driver to fault in, per chunk.
+        let data = chunk.as_standard_layout();
+        let flat = data
+            .as_slice()
+            .ok_or_else(|| Error::DeviceArray("chunk not contiguous after copy".into()))?;
+        let bytes: &[u8] = bytemuck::cast_slice(flat);
+        let buffer = ctx.scoped(|| {
+            let buffer =
+                reusable_output(ctx, &mut self.upload, bytes.len() as u64, "chain-upload")?;
+            write_padded(ctx, &buffer, 0, bytes);
+            Ok(buffer)
+        })?;
+        let up = DeviceArray::from_buffer(ctx, buffer, chunk.shape().to_vec(), DType::F32);
         sync(ctx)?;
         self.stages_gpu(ctx, up, t0)
     }
