@@ -642,7 +642,10 @@ fn main() -> std::io::Result<()> {
         .unwrap_or_else(|| root.join("target"));
     let table = report(&target);
     print!("{table}");
-    let path = root.join("BENCHMARKS.md");
+    // The file to update: the first argument, else the crate's BENCHMARKS.md.
+    let path = std::env::args_os()
+        .nth(1)
+        .map_or_else(|| root.join("BENCHMARKS.md"), PathBuf::from);
     let old = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
     let block = format!("{BEGIN}\n{table}{END}");
     let new = match (old.find(BEGIN), old.find(END)) {

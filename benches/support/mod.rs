@@ -19,12 +19,17 @@ pub fn engines() -> Vec<(&'static str, Engine)> {
     vec![("cpu", Engine::cpu()), ("gpu", gpu)]
 }
 
-/// Where the records go: `target/bench-records.jsonl`, one JSON object per line; a later
-/// line with the same key replaces an earlier one in the report.
+/// Where the records go: `bench-records.jsonl` in `$CARGO_TARGET_DIR` when that is set (as
+/// for criterion's own output: `benches/bundle.sh` runs the benches that way), else in the
+/// build's `target/`; one JSON object per line, a later line with the same key replacing an
+/// earlier one in the report.
 pub fn records_path() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("..")
-        .join("bench-records.jsonl")
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => std::path::PathBuf::from(dir).join("bench-records.jsonl"),
+        None => std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("..")
+            .join("bench-records.jsonl"),
+    }
 }
 
 /// The 1-minute load average when the figure was taken (`/proc/loadavg`), or -1.
