@@ -20,8 +20,8 @@ use super::{Aggregation, Buckets, ChannelStates, DenseSample, JumpTable, Params,
 use crate::error::{Error, Result};
 use crate::events::DeviceEvents;
 use crate::gpu::{
-    grid, grow_slot, reusable_output, write_padded, Binding, DType, DeviceArray, GpuContext,
-    GrowBuffer, Staged, TrackedBuffer,
+    grid, grow_slot, reusable_output, upload_checked, write_padded, Binding, DType, DeviceArray,
+    GpuContext, GrowBuffer, Staged, TrackedBuffer,
 };
 use crate::shaders::BINNING;
 
@@ -528,7 +528,11 @@ impl GpuBinning {
         } else {
             let buf = self.input.ensure(&self.ctx, (data.len() * 4) as u64)?;
             match T::as_f32(data) {
-                Some(words) => write_padded(&self.ctx, &buf, 0, bytemuck::cast_slice(words)),
+                Some(words) => {
+                    let view = ArrayView2::from_shape(chunk.dim(), words)
+                        .map_err(|e| Error::DeviceArray(e.to_string()))?;
+                    upload_checked(&self.ctx, &buf, view)?;
+                }
                 None => {
                     let words: Vec<f32> = data.iter().map(|x| x.to_f32()).collect();
                     write_padded(&self.ctx, &buf, 0, bytemuck::cast_slice(&words));

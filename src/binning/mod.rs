@@ -683,16 +683,18 @@ impl BinnedActivation {
     pub fn process_dense<T: DenseSample>(&mut self, chunk: ArrayView2<'_, T>) -> Result<Binned> {
         let (n, c) = chunk.dim();
         self.check_channels(c)?;
-        // The CPU engine scans for non-finite values within its own pass over the data.
-        if !T::IS_BYTE && self.engine_is_gpu() {
-            check_finite(chunk)?;
-        }
         // A chunk larger than one GPU binding runs as consecutive sub-chunks: streaming is
         // chunk-invariant, so the output is the same.
         let rows = match &self.engine {
             EngineState::Gpu(g) => g.max_rows(c, T::IS_BYTE),
             EngineState::Cpu(_) => usize::MAX,
         };
+        // The CPU engine scans for non-finite values within its own pass over the data, the
+        // GPU engine within its upload of a chunk that fits one binding; a longer chunk is
+        // scanned whole first, so that no sub-chunk is taken before a bad one is found.
+        if !T::IS_BYTE && self.engine_is_gpu() && n > rows {
+            check_finite(chunk)?;
+        }
         if n <= rows {
             return self.dense_unchecked(chunk);
         }

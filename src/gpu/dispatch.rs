@@ -185,6 +185,50 @@ pub(crate) fn upload_chunk(
     })
 }
 
+/// Writes the `f32` chunk (row-major) to the start of `buf` and checks it for non-finite
+/// values in the same pass: each block of it is checked as it is read from memory and copied
+/// into the staging memory from cache, so a chunk is read from memory once, not twice.
+///
+/// # Errors
+/// [`Error::NonFinite`] naming the first non-finite value's row and channel, as
+/// `validate::check_finite` would; the bytes written by then reach `buf` at the next submit,
+/// so `buf` must be a scratch buffer that no accepted chunk still needs.
+pub(crate) fn upload_checked(
+    ctx: &GpuContext,
+    buf: &wgpu::Buffer,
+    chunk: ArrayView2<'_, f32>,
+) -> Result<()> {
+    /// Floats per block (16 KiB): checked, then copied while still in L1.
+    const BLOCK: usize = 4096;
+    let data = chunk.as_standard_layout();
+    let flat = data
+        .as_slice()
+        .ok_or_else(|| Error::DeviceArray("chunk not contiguous after copy".into()))?;
+    let Some(size) = wgpu::BufferSize::new(std::mem::size_of_val(flat) as u64) else {
+        return Ok(());
+    };
+    let mut view = ctx
+        .queue
+        .write_buffer_with(buf, 0, size)
+        .ok_or_else(|| Error::DeviceArray("the upload buffer is too small".into()))?;
+    let nc = chunk.ncols().max(1);
+    for (k, block) in flat.chunks(BLOCK).enumerate() {
+        if !block.iter().fold(true, |ok, x| ok & x.is_finite()) {
+            let at = k * BLOCK + block.iter().position(|x| !x.is_finite()).unwrap_or(0);
+            return Err(Error::NonFinite {
+                what: "chunk",
+                sample: at / nc,
+                channel: at % nc,
+                value: flat[at] as f64,
+            });
+        }
+        let from = k * BLOCK * 4;
+        view.slice(from..from + block.len() * 4)
+            .copy_from_slice(bytemuck::cast_slice(block));
+    }
+    Ok(())
+}
+
 /// Errors out unless `chunk` lives on `ctx`.
 pub(crate) fn check_context(ctx: &Arc<GpuContext>, chunk: &DeviceArray) -> Result<()> {
     if Arc::ptr_eq(chunk.context(), ctx) {

@@ -13,6 +13,6 @@ pub use context::{grid, GpuContext, GpuOptions, MAX_GROUPS_PER_DIM};
 pub(crate) use context::{Binding, GrowBuffer};
 pub(crate) use dispatch::{
     align_step, bind, check_context, non_finite_row, read_with_status, record_pass,
-    reusable_output, row_pieces, rows_per_piece, rows_too_wide, upload_chunk, ParamsBuffer,
-    SameShapeKernel, Staged, StreamMark,
+    reusable_output, row_pieces, rows_per_piece, rows_too_wide, upload_checked, upload_chunk,
+    ParamsBuffer, SameShapeKernel, Staged, StreamMark,
 };
