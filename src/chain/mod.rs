@@ -49,7 +49,7 @@ use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::filter::{BandpassFilter, FilterSettings};
 use crate::gpu::{
-    reusable_output, write_padded, DType, DeviceArray, GpuContext, Staged, TrackedBuffer,
+    reusable_output, upload_checked, DType, DeviceArray, GpuContext, Staged, TrackedBuffer,
 };
 use crate::lrr::{Lrr, LrrSettings};
 use crate::reference::{CarSettings, CommonAverage};
@@ -568,10 +568,13 @@ impl Chain {
                 format!("{c} channels"),
             ));
         }
-        check_finite(chunk)?;
         match self.engine.clone() {
+            // The upload checks the values as it copies them.
             Engine::Gpu(ctx) => *out = self.process_gpu(&ctx, chunk, t0)?,
-            Engine::Cpu => self.process_cpu(chunk, n, t0, out)?,
+            Engine::Cpu => {
+                check_finite(chunk)?;
+                self.process_cpu(chunk, n, t0, out)?
+            }
         };
         self.times.chunks += 1;
         Ok(())
@@ -682,16 +685,13 @@ impl Chain {
         let profile = self.settings.profile_stages;
         let sync = |ctx: &GpuContext| if profile { ctx.wait_idle() } else { Ok(()) };
         // One upload buffer for the stream: no buffer to make, and no fresh pages for the
-        // driver to fault in, per chunk.
-        let data = chunk.as_standard_layout();
-        let flat = data
-            .as_slice()
-            .ok_or_else(|| Error::DeviceArray("chunk not contiguous after copy".into()))?;
-        let bytes: &[u8] = bytemuck::cast_slice(flat);
+        // driver to fault in, per chunk. The copy into it checks the values too (one read of
+        // the chunk); after a non-finite value it holds a part of the rejected chunk, which
+        // the next chunk overwrites.
+        let bytes = (chunk.len() * 4) as u64;
         let buffer = ctx.scoped(|| {
-            let buffer =
-                reusable_output(ctx, &mut self.upload, bytes.len() as u64, "chain-upload")?;
-            write_padded(ctx, &buffer, 0, bytes);
+            let buffer = reusable_output(ctx, &mut self.upload, bytes, "chain-upload")?;
+            upload_checked(ctx, &buffer, chunk)?;
             Ok(buffer)
         })?;
         let up = DeviceArray::from_buffer(ctx, buffer, chunk.shape().to_vec(), DType::F32);
