@@ -111,8 +111,11 @@ fn rows() -> Vec<Row> {
                      aggregation and scaling per element; with the three compiled in as \
                      pipeline overrides the 10 chunks take 20–23 ms at minimum (35–38 ms \
                      before, 40-run A/B). What is left is the kernel's lane-by-lane loads at \
-                     about the probe's 2.6 GB/s plus each chunk's host finiteness scan and \
-                     upload; a figure above the target is the machine's load.",
+                     about the probe's 2.6 GB/s plus each chunk's upload, which since \
+                     2026-12-07 also does the finiteness check (one read of the chunk, not \
+                     two: medians 37–39 → 35–36 ms in an interleaved A/B). A figure above the \
+                     target is the machine's load: in the summary's run of 2026-12-07 the \
+                     unchanged LRR and GLM lavapipe rows ran 9–17 % slower than a run hours before.",
                 ),
             ],
         },
@@ -467,12 +470,13 @@ fn rows() -> Vec<Row> {
                     Record("chain/gpu/600/p99"),
                     AtMost(5e-3),
                     "≤ 5 ms",
-                    "each stage costs a millisecond or more per chunk on llvmpipe (the filter \
-                     0.9–1.2 ms since its coefficients are loaded once per dispatch, 2.0–2.6 \
-                     ms before; threshold 0.7 ms since its mode is compiled in, 1.1–1.4 ms \
-                     before; LRR's transform 1.7 ms; binning and read-back 0.3 ms) and the p99 follows the \
-                     machine's load. Fusing the stages into fewer dispatches would close part of \
-                     it; on llvmpipe the CPU path is the one to run.",
+                    "each stage's kernel costs a millisecond or so per chunk on llvmpipe (the \
+                     filter 0.9–1.2 ms, LRR's transform 1.4–1.7 ms, threshold 0.7 ms, binning \
+                     0.3 ms), and the p99 follows the machine's load. Since 2026-12-07 the \
+                     stages go in one submission with one read-back per chunk (four round \
+                     trips before: p50 4.8 → 4.5 ms, 1 ms chunks 1.06 → 0.75 ms, interleaved \
+                     A/B); what is left is the kernels' lane-by-lane work. On llvmpipe the CPU \
+                     path is the one to run.",
                 ),
                 cell(
                     "lavapipe, heap allocations per 20 ms chunk",
