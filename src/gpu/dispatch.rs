@@ -207,10 +207,15 @@ pub(crate) fn upload_checked(
     let Some(size) = wgpu::BufferSize::new(std::mem::size_of_val(flat) as u64) else {
         return Ok(());
     };
-    let mut view = ctx
-        .queue
-        .write_buffer_with(buf, 0, size)
-        .ok_or_else(|| Error::DeviceArray("the upload buffer is too small".into()))?;
+    let Some(mut view) = ctx.queue.write_buffer_with(buf, 0, size) else {
+        // wgpu refuses the write when its validation fails: a lost device (say so when it
+        // is known) or a buffer too small.
+        let _ = ctx.device.poll(wgpu::PollType::Poll);
+        ctx.check_alive()?;
+        return Err(Error::Validation(
+            "the queue refused the upload (a lost device, or a buffer too small)".into(),
+        ));
+    };
     let nc = chunk.ncols().max(1);
     for (k, block) in flat.chunks(BLOCK).enumerate() {
         if !block.iter().fold(true, |ok, x| ok & x.is_finite()) {
