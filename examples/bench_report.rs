@@ -276,9 +276,13 @@ fn rows() -> Vec<Row> {
                     "a chunk is two submissions: `partial_fit` (upload, covariance pass) and \
                      `transform` (upload, product, read-back), each paying llvmpipe's submit \
                      and fence (0.1–0.4 ms under load) for 20 samples of work; the quad \
-                     kernels took it from 951 to ~700 µs (2026-12-06). A fused \
-                     fit-and-transform call (one upload, one submission) would at best halve \
-                     the rest, still above 0.2 ms; a hardware GPU's round trip is tens of µs.",
+                     kernels took it from 951 to ~700 µs (2026-12-06). perf (2026-12-07): \
+                     53 % of the chunk is llvmpipe's JIT code, 19 % the driver, 13 % the \
+                     kernel's thread wake-ups; the covariance pass reads the committed `f64` \
+                     blocks and writes the next copy whole (8 × 64 × 64 × 8 bytes each way) \
+                     for 20 rows of data. A fused fit-and-transform call (one upload, one \
+                     submission) would take off one submit and fence, still above 0.2 ms; a \
+                     hardware GPU's round trip is tens of µs.",
                 ),
             ],
         },
