@@ -263,7 +263,8 @@ pub(crate) trait SameShapeKernel {
     fn status(&self) -> &wgpu::Buffer;
 
     /// Records the kernel on the `n × nc` chunk in `input` (`n > 0`) into `output`, from the
-    /// committed state; returns the commands and a token naming the state they leave.
+    /// committed state, inside its own error scope; returns the commands and a token naming
+    /// the state they leave.
     fn record(
         &mut self,
         input: &wgpu::Buffer,
@@ -286,20 +287,20 @@ pub(crate) trait SameShapeKernel {
         read_output: bool,
     ) -> Result<Option<Vec<u8>>> {
         let ctx = self.context().clone();
-        ctx.scoped(|| {
-            let (enc, token) = self.record(input, output, n, nc)?;
-            let reads: &[(&wgpu::Buffer, u64, u64)] = if read_output {
-                &[(output, 0, (n * nc * 4) as u64)]
-            } else {
-                &[]
-            };
-            let (status, bytes) = read_with_status(&ctx, enc, self.status(), reads)?;
-            if status != 0 {
-                return Err(non_finite_row(&ctx, input, !status as usize, nc));
-            }
-            self.commit(token);
-            Ok(read_output.then_some(bytes))
-        })
+        let (enc, token) = self.record(input, output, n, nc)?;
+        let reads: &[(&wgpu::Buffer, u64, u64)] = if read_output {
+            &[(output, 0, (n * nc * 4) as u64)]
+        } else {
+            &[]
+        };
+        let (status, bytes) = ctx.scoped(|| read_with_status(&ctx, enc, self.status(), reads))?;
+        if status != 0 {
+            return Err(ctx
+                .scoped(|| Ok(non_finite_row(&ctx, input, !status as usize, nc)))
+                .unwrap_or_else(|e| e));
+        }
+        self.commit(token);
+        Ok(read_output.then_some(bytes))
     }
 
     /// A host chunk (non-empty, checked finite): upload, run, read the output back.
@@ -334,7 +335,7 @@ pub(crate) trait SameShapeKernel {
     fn stage_device(&mut self, chunk: &DeviceArray) -> Result<(DeviceArray, Staged)> {
         let (output, n, nc) = self.device_output(chunk)?;
         let ctx = self.context().clone();
-        let (enc, token) = ctx.scoped(|| self.record(chunk.buffer(), &output, n, nc))?;
+        let (enc, token) = self.record(chunk.buffer(), &output, n, nc)?;
         self.commit(token);
         let staged = Staged {
             commands: enc.finish(),

@@ -359,8 +359,7 @@ impl GpuThreshold {
         let bound = max_events(n);
         let mut cap = self.cap_hint.min(bound).max(1);
         loop {
-            let ctx = self.ctx.clone();
-            let (next, enc) = ctx.scoped(|| self.record_once(p, input, n, nc, cap))?;
+            let (next, enc) = self.record_once(p, input, n, nc, cap)?;
             let (counts, status, slots) = self.read_pass(enc, nc, cap, read_slots)?;
             if status != 0 {
                 let row = !status as usize;
@@ -603,6 +602,18 @@ impl GpuThreshold {
         let (n, nc) = (shape[0], shape[1]);
         let buffer = chunk.buffer.clone();
         let out = self.run(p, thr, &buffer, n, nc, false)?;
+        self.device_events(out.capacity, nc, start, n)
+    }
+
+    /// The events of the last pass, left in the slot and count buffers, as device events of
+    /// the chunk of `n` samples from `start`.
+    fn device_events(
+        &self,
+        capacity: u32,
+        nc: usize,
+        start: u64,
+        n: usize,
+    ) -> Result<DeviceEvents> {
         let (Some(slots), Some(counts)) = (self.slots.clone(), self.counts.clone()) else {
             return Err(Error::Validation(
                 "event buffers missing after a run".into(),
@@ -611,7 +622,7 @@ impl GpuThreshold {
         Ok(DeviceEvents {
             slots,
             counts,
-            capacity: out.capacity,
+            capacity,
             n_channels: nc,
             chunk_start: start,
             n_samples: n,
@@ -638,25 +649,12 @@ impl GpuThreshold {
             self.init(nc, thr)?;
         }
         let cap = self.cap_hint.min(max_events(n)).max(1);
-        let ctx = self.ctx.clone();
-        let (next, enc) = ctx.scoped(|| self.record_once(p, chunk.buffer(), n, nc, cap))?;
-        let (Some(slots), Some(counts)) = (self.slots.clone(), self.counts.clone()) else {
-            return Err(Error::Validation(
-                "event buffers missing after a run".into(),
-            ));
-        };
+        let (next, enc) = self.record_once(p, chunk.buffer(), n, nc, cap)?;
+        let events = self.device_events(cap, nc, start, n)?;
         self.committed = next;
         let staged = Staged {
             commands: enc.finish(),
             checks: vec![(*self.status).clone()],
-        };
-        let events = DeviceEvents {
-            slots,
-            counts,
-            capacity: cap,
-            n_channels: nc,
-            chunk_start: start,
-            n_samples: n,
         };
         Ok((events, staged))
     }
@@ -673,17 +671,7 @@ impl GpuThreshold {
     /// The events of `ev` from the bytes of its [`GpuThreshold::event_reads`], or `None` when
     /// a channel found more events than it has slots.
     pub(crate) fn decode_read(ev: &DeviceEvents, bytes: &[u8]) -> Option<Vec<Event>> {
-        let nc = ev.n_channels;
-        let counts: Vec<u32> = bytemuck::pod_collect_to_vec(bytes.get(..nc * 4)?);
-        if counts.iter().any(|&k| k > ev.capacity) {
-            return None;
-        }
-        Some(decode(
-            &counts,
-            ev.capacity,
-            &bytes[nc * 4..],
-            ev.chunk_start,
-        ))
+        decode_checked(ev, bytes).ok()
     }
 
     /// Whether `ctx` is this operator's device.
@@ -704,12 +692,8 @@ impl GpuThreshold {
         ev: &DeviceEvents,
         also: Option<(&wgpu::Buffer, u64)>,
     ) -> Result<(Vec<Event>, Vec<u8>)> {
-        let nc = ev.n_channels;
-        let slots_bytes = nc as u64 * ev.capacity as u64 * SLOT_BYTES;
-        let mut read = vec![
-            (&**ev.counts, 0, nc as u64 * 4),
-            (&**ev.slots, 0, slots_bytes),
-        ];
+        let mut read = Self::event_reads(ev).to_vec();
+        let slots_end = read.iter().map(|r| r.2 as usize).sum::<usize>();
         if let Some((buf, len)) = also.filter(|&(_, len)| len > 0) {
             read.push((buf, 0, len));
         }
@@ -717,20 +701,30 @@ impl GpuThreshold {
             let enc = self.ctx.encoder();
             self.ctx.submit_and_read(enc, &read)
         })?;
-        let slots_end = nc * 4 + slots_bytes as usize;
         let extra = bytes.split_off(slots_end.min(bytes.len()));
-        let counts: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes[..nc * 4]);
-        if let Some(c) = counts.iter().position(|&k| k > ev.capacity) {
-            return Err(Error::DeviceArray(format!(
-                "channel {c} holds {} events but has {} slots",
-                counts[c], ev.capacity
-            )));
-        }
-        Ok((
-            decode(&counts, ev.capacity, &bytes[nc * 4..], ev.chunk_start),
-            extra,
-        ))
+        let events = decode_checked(ev, &bytes).map_err(|(c, k)| {
+            Error::DeviceArray(format!(
+                "channel {c} holds {k} events but has {} slots",
+                ev.capacity
+            ))
+        })?;
+        Ok((events, extra))
     }
+}
+
+/// The events of `ev` from the bytes of [`GpuThreshold::event_reads`] (counts, then slots),
+/// or the first channel, with its count, that found more events than it has slots.
+fn decode_checked(
+    ev: &DeviceEvents,
+    bytes: &[u8],
+) -> std::result::Result<Vec<Event>, (usize, u32)> {
+    let nc = ev.n_channels;
+    let counts: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes[..(nc * 4).min(bytes.len())]);
+    if let Some(c) = counts.iter().position(|&k| k > ev.capacity) {
+        return Err((c, counts[c]));
+    }
+    let slots = bytes.get(nc * 4..).unwrap_or(&[]);
+    Ok(decode(&counts, ev.capacity, slots, ev.chunk_start))
 }
 
 /// Host events from per-channel slots, sorted by `(sample, channel)`.
