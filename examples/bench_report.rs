@@ -250,15 +250,17 @@ fn rows() -> Vec<Row> {
                     Record("lrr/stream/cpu/0/p50"),
                     AtMost(50e-6),
                     "≤ 50 µs",
-                    "re-solving eight 64 × 64 ridge inverses in f64 (2.1 M multiply-adds) every \
-                     chunk: one cluster's elimination now takes 10 µs (26 G multiply-adds/s \
-                     per core: four pivots per pass, AVX-512, rows on 64-byte lines; it was 28 \
-                     µs, 367 µs per chunk before), its whole solve 14 µs, so eight clusters \
-                     are ~110 µs of one core. A second core measured no better at this size \
-                     (p50 150–160 µs on one or two threads: waking the pool costs what it \
-                     saves). A rank-20 update of the inverse (Woodbury) costs about as much as \
-                     re-inverting a 64 × 64 block; a symmetric (Cholesky-based, half the \
-                     multiply-adds) inverse might reach ~80 µs. `update_every` (the next \
+                    "re-solving eight 64 × 64 ridge inverses in f64 every chunk. Since 2026-12-07 \
+                     the solve is a symmetric sweep (each row updated from its own 8-wide vector \
+                     on: ~1.1 M multiply-adds for the eight, half of Gauss–Jordan's), one \
+                     cluster's solve 18.7–19.1 µs on this VM (25.6 µs before), and the calling \
+                     thread shares the clusters with one pool thread through a counter (handing \
+                     the call to the pool and parking the caller was slower than one thread); \
+                     the chunk's p50 went from 269–283 to 191–236 µs in an alternated A/B. \
+                     What is left is ~75 µs of solves per core plus the pool thread's wake-up \
+                     on a virtual CPU (tens of µs, and the woken thread often shares the \
+                     caller's CPU for a while). A rank-20 update of the inverse (Woodbury) costs \
+                     about what re-inverting a 64 × 64 block does. `update_every` (the next \
                      cell) amortises the solve and meets the target.",
                 ),
                 cell(

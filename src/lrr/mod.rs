@@ -39,7 +39,7 @@
 //! * **CPU**: runs of 32 samples summed in `f32` registers (AVX2 + FMA when present), folded
 //!   into `f64`. Bound per entry: `|ΔC_ij| ≤ 32·2⁻²⁴·Σ_s|x_si·x_sj| ≤ 1.9e-6·√(C_ii·C_jj)`
 //!   (Cauchy–Schwarz), whatever the number of samples (the `f64` fold adds ~1e-16 per chunk).
-//!   Weights: `f64` Gauss–Jordan on the equilibrated block (error ≈ κ·1e-16).
+//!   Weights: `f64` symmetric sweep on the equilibrated block (error ≈ κ·1e-16).
 //! * **GPU**: each workgroup sums a tile's products over runs of 8 samples in `f32`, adds
 //!   8 such runs in `f32`, and folds every 64-sample partial into a **double-`f32` `(hi, lo)`
 //!   accumulator** (an unevaluated sum of two `f32`, ≈ 48 significant bits); the partials of

@@ -2,20 +2,24 @@
 //! host fall-back (singular or oversized clusters).
 //!
 //! `A = C_cluster + λI` is equilibrated by exact powers of two (`A_s = S·A·S`, diagonal in
-//! `[1, 4)`), inverted in place by Gauss–Jordan elimination without pivoting (`A` is symmetric
-//! positive semi-definite, so the pivots are Schur complements and need no search), and
-//! `W[a][b] = −(s_a/s_b)·A_s⁻¹[a][b] / A_s⁻¹[b][b]`, `W[b][b] = 0`. The GPU kernel
-//! (`shaders/lrr.wgsl`, `solve`) runs the same elimination one pivot at a time in
-//! double-`f32` arithmetic.
+//! `[1, 4)`) and swept in place on every pivot without pivoting (`A` is symmetric positive
+//! semi-definite, so the pivots are Schur complements and need no search), which leaves
+//! `−A_s⁻¹`; `W[a][b] = −(s_a/s_b)·A_s⁻¹[a][b] / A_s⁻¹[b][b]` (the sign cancels),
+//! `W[b][b] = 0`. The GPU kernel (`shaders/lrr.wgsl`, `solve`) runs Gauss–Jordan elimination
+//! one pivot at a time in double-`f32` arithmetic.
 //!
-//! The CPU elimination takes the pivots [`PIVOTS`] at a time: the block's rows are eliminated
-//! among themselves (`A_BB⁻¹` and `A_BB⁻¹·A_BO`), then every other row gets one rank-4 update
-//! (`A_OO − A_OB·A_BB⁻¹·A_BO`, `−A_OB·A_BB⁻¹`), which reads and writes each row once per
-//! block instead of once per pivot. Rows are padded to a multiple of 8 `f64` so the updates
-//! run whole vectors (AVX-512 or AVX2 where the CPU has them, checked at run time: separate
-//! multiplies and subtractions in the same order in every build, so the result is
-//! bit-identical). Exact arithmetic gives the one-pivot result; in `f64` the two differ by
-//! rounding, far inside the solve's bound.
+//! The sweep on pivot `p` (`ã_pp = −1/a_pp`, `ã_ip = a_ip/a_pp`,
+//! `ã_ij = a_ij − a_ip·a_pj/a_pp`) keeps the matrix symmetric, so the CPU keeps each row
+//! only from its own 8-wide vector on (the upper triangle, rounded down to a vector): half
+//! the multiply-adds of Gauss–Jordan elimination (`k³/2`). The pivots are taken [`PIVOTS`]
+//! at a time: the block's rows (gathered whole from the upper triangle) are swept among
+//! themselves, then every other row gets one rank-4 update (`A_OO − A_OB·A_BB⁻¹·A_BO`,
+//! `A_OB·A_BB⁻¹`), which reads and writes each row once per block instead of once per
+//! pivot. Rows are padded to a multiple of 8 `f64` so the updates run whole vectors
+//! (AVX-512 or AVX2 where the CPU has them, checked at run time: separate multiplies and
+//! subtractions in the same order in every build, so the result is bit-identical). Exact
+//! arithmetic gives the one-pivot result; in `f64` the two differ by rounding, far inside
+//! the solve's bound.
 //!
 //! * A **dead** channel (`A[p][p] = 0`: all its samples were zero and `λ = 0`) is skipped:
 //!   its row and column stay zero, so its column and row of `W` are zero.
@@ -103,8 +107,8 @@ pub(crate) fn solve_block(k: usize, lambda: f64, entry: impl Fn(usize, usize) ->
     Solved { w, pinv: singular }
 }
 
-/// `a[i][j] = (A[i][j]·s_i)·s_j` for `i, j < k` (row stride `kq`), `A = C + λI` read from
-/// the upper triangle.
+/// `a[i][j] = (A[i][j]·s_i)·s_j` for `i, j < k` in row `i`'s range (row stride `kq`; the
+/// rest of the lower triangle is left alone), `A = C + λI` read from the upper triangle.
 fn fill_scaled(
     a: &mut [f64],
     kq: usize,
@@ -117,17 +121,18 @@ fn fill_scaled(
     // channel) `s_i²` overflows to infinity while the scaled entry is about 1. Both are exact
     // products by powers of two otherwise.
     for i in 0..k {
+        for j in range_start(i)..i {
+            a[i * kq + j] = entry(j, i) * s[j] * s[i];
+        }
         a[i * kq + i] = (entry(i, i) + lambda) * s[i] * s[i];
         for j in i + 1..k {
-            let v = entry(i, j);
-            a[i * kq + j] = v * s[i] * s[j];
-            a[j * kq + i] = v * s[j] * s[i];
+            a[i * kq + j] = entry(i, j) * s[i] * s[j];
         }
     }
 }
 
-/// Gauss–Jordan inversion of the equilibrated `a` (`kq × kq`, `kq` a multiple of
-/// [`LANES`], zero outside the cluster's `k × k`) in place, skipping dead channels
+/// `a ← −a⁻¹` for the equilibrated, symmetric `a` (`kq × kq`, `kq` a multiple of
+/// [`LANES`], zero outside the cluster's `k × k`) in place by the blocked sweep, skipping dead channels
 /// (`diag[p] = 0`); `false` (and `a` partly eliminated) at a pivot at or below
 /// [`SINGULAR_TOL`] times its diagonal.
 fn eliminate(a: &mut [f64], diag: &[f64], kq: usize) -> bool {
@@ -169,7 +174,10 @@ unsafe fn eliminate_avx2(a: &mut [f64], diag: &[f64], kq: usize) -> bool {
     eliminate_impl::<[std::arch::x86_64::__m256d; 2]>(a, diag, kq)
 }
 
-/// The blocked elimination (module docs) on [`Lanes`] vectors.
+/// The blocked symmetric sweep (module docs) on [`Lanes`] vectors.
+///
+/// Row `i` is kept from column `⌊i/8⌋·8` on (its *range*); `a[i][j]` is read as
+/// `a[min(i, j)][max(i, j)]`, always inside a range. At the end `a` holds `−A⁻¹` in full.
 ///
 /// # Safety
 /// `kq` a multiple of [`LANES`], `a.len() ≥ kq²`, `diag.len() ≤ kq`; the CPU must support
@@ -179,49 +187,76 @@ unsafe fn eliminate_impl<V: Lanes>(a: &mut [f64], diag: &[f64], kq: usize) -> bo
     let live: Vec<usize> = (0..diag.len()).filter(|&p| diag[p] != 0.0).collect();
     let mut panel_lines = aligned_zeros(PIVOTS * kq);
     let panel: &mut [f64] = bytemuck::cast_slice_mut(&mut panel_lines);
-    let ap = a.as_mut_ptr();
+    let mut before = vec![0f64; PIVOTS * kq];
     for block in live.chunks(PIVOTS) {
+        // The block's rows in full, read from the upper triangle.
+        for (q, &p) in block.iter().enumerate() {
+            let row = &mut panel[q * kq..(q + 1) * kq];
+            for (x, &v) in row[..p].iter_mut().zip(a[p..].iter().step_by(kq)) {
+                *x = v;
+            }
+            row[p..].copy_from_slice(&a[p * kq + p..(p + 1) * kq]);
+        }
+        // The other rows' coefficients `a[i][b]` come from the rows before the sweep.
+        before[..block.len() * kq].copy_from_slice(&panel[..block.len() * kq]);
         // The block's rows among themselves, one pivot at a time.
-        for &p in block {
-            let piv = a[p * kq + p];
+        let pp = panel.as_mut_ptr();
+        for (t, &p) in block.iter().enumerate() {
+            let piv = panel[t * kq + p];
             if piv.partial_cmp(&(SINGULAR_TOL * diag[p])) != Some(Ordering::Greater) {
                 return false;
             }
             let d = 1.0 / piv;
             // Row p scaled, with a zero in column p so that the update below leaves column
             // p alone; column p is written afterwards.
-            a[p * kq + p] = 0.0;
-            a[p * kq..(p + 1) * kq].iter_mut().for_each(|x| *x *= d);
-            for &r in block.iter().filter(|&&r| r != p) {
-                // Row p is zero in column p, so the update leaves `a[r][p]` alone; it is
-                // overwritten after. (No narrow store just before the wide loads: a store
-                // that a wider load overlaps stalls the load until the store retires.)
-                let f = a[r * kq + p];
-                sub_rows::<V, 1>(ap.add(r * kq), [f], ap.add(p * kq), kq, kq);
-                a[r * kq + p] = -f * d;
+            panel[t * kq + p] = 0.0;
+            panel[t * kq..(t + 1) * kq].iter_mut().for_each(|x| *x *= d);
+            for r in (0..block.len()).filter(|&r| r != t) {
+                let f = panel[r * kq + p];
+                sub_rows::<V, 1>(pp.add(r * kq), [f], pp.add(t * kq), kq, kq);
+                panel[r * kq + p] = f * d;
             }
-            a[p * kq + p] = d;
-        }
-        // The block's final rows, then one update of every other row.
-        for (q, &p) in block.iter().enumerate() {
-            panel[q * kq..(q + 1) * kq].copy_from_slice(&a[p * kq..(p + 1) * kq]);
+            panel[t * kq + p] = -d;
         }
         match *block {
-            [b0, b1, b2, b3] => update_others::<V, 4>(a, kq, [b0, b1, b2, b3], &live, panel),
-            [b0, b1, b2] => update_others::<V, 3>(a, kq, [b0, b1, b2], &live, panel),
-            [b0, b1] => update_others::<V, 2>(a, kq, [b0, b1], &live, panel),
-            [b0] => update_others::<V, 1>(a, kq, [b0], &live, panel),
+            [b0, b1, b2, b3] => {
+                update_others::<V, 4>(a, kq, [b0, b1, b2, b3], &live, panel, &before)
+            }
+            [b0, b1, b2] => update_others::<V, 3>(a, kq, [b0, b1, b2], &live, panel, &before),
+            [b0, b1] => update_others::<V, 2>(a, kq, [b0, b1], &live, panel, &before),
+            [b0] => update_others::<V, 1>(a, kq, [b0], &live, panel, &before),
             _ => {}
+        }
+        // The block's final rows, each over its range.
+        for (q, &p) in block.iter().enumerate() {
+            let s = range_start(p);
+            a[p * kq + s..(p + 1) * kq].copy_from_slice(&panel[q * kq + s..(q + 1) * kq]);
+        }
+    }
+    // The lower triangle outside the ranges, mirrored.
+    for i in LANES..kq {
+        let (above, rest) = a.split_at_mut(i * kq);
+        let column = above[i..].iter().step_by(kq);
+        for (x, &v) in rest[..range_start(i)].iter_mut().zip(column) {
+            *x = v;
         }
     }
     true
 }
 
-/// The rank-`M` update of every live row outside `block` (module docs): `panel` holds the
-/// block's final rows.
+/// First column of row `i`'s range: its vector's start.
+#[inline(always)]
+fn range_start(i: usize) -> usize {
+    i / LANES * LANES
+}
+
+/// The rank-`M` update of every live row outside `block` (module docs), each over its
+/// range: `panel` holds the block's final rows in full, `before` the same rows before the
+/// block's sweep (row `i`'s coefficients are `before[q][i] = a[i][b_q]`).
 ///
 /// # Safety
-/// As [`eliminate_impl`]; `block` and `live` indices below `kq`, `panel` `M` rows of `kq`.
+/// As [`eliminate_impl`]; `block` and `live` indices below `kq`, `panel` and `before` `M`
+/// rows of `kq`.
 #[inline(always)]
 unsafe fn update_others<V: Lanes, const M: usize>(
     a: &mut [f64],
@@ -229,45 +264,47 @@ unsafe fn update_others<V: Lanes, const M: usize>(
     block: [usize; M],
     live: &[usize],
     panel: &[f64],
+    before: &[f64],
 ) {
-    // `A_BB⁻¹`.
-    let binv: [[f64; M]; M] = std::array::from_fn(|q| block.map(|pt| panel[q * kq + pt]));
     let ap = a.as_mut_ptr();
-    // Read straight into registers: a narrow store that a wider load then overlaps stalls
-    // the load until the store retires.
-    let coefficients = |row: *const f64| block.map(|p| *row.add(p));
-    // The block's columns start from zero, not from `f` (written after the wide stores, for
-    // the reason above): `−Σ_q f_q·A_BB⁻¹[q][t]`, in `q` order.
-    let block_columns = |row: *mut f64, f: [f64; M]| {
-        let mut v = [0f64; M];
-        for (&fq, bq) in f.iter().zip(&binv) {
-            for (x, &b) in v.iter_mut().zip(bq) {
-                *x -= fq * b;
-            }
-        }
-        for (&pt, &x) in block.iter().zip(&v) {
-            *row.add(pt) = x;
+    let coefficients = |i: usize| -> [f64; M] { std::array::from_fn(|q| before[q * kq + i]) };
+    // The block's columns of row `i` are the block's final rows at column `i` (the sweep
+    // keeps the matrix symmetric): `a[i][b_t] = (A_iB·A_BB⁻¹)_t = (A_BB⁻¹·A_Bi)_t`, copied
+    // after the wide stores (a narrow store that a wider load overlaps stalls the load until
+    // the store retires).
+    let block_columns = |i: usize| {
+        for (t, &pt) in block.iter().enumerate() {
+            *ap.add(i * kq + pt) = panel[t * kq + i];
         }
     };
-    // Rows two at a time: each panel vector loaded once serves both.
-    let mut others = live.iter().filter(|i| !block.contains(i));
+    // Rows two at a time where they share a range start: each panel vector loaded once
+    // serves both.
+    let mut others = live.iter().filter(|i| !block.contains(i)).peekable();
     while let Some(&i) = others.next() {
+        let s = range_start(i);
         let r0 = ap.add(i * kq);
-        let f0 = coefficients(r0);
-        if let Some(&i1) = others.next() {
+        let f0 = coefficients(i);
+        let pair = others.next_if(|&&i1| range_start(i1) == s);
+        if let Some(&i1) = pair {
             let r1 = ap.add(i1 * kq);
-            let f1 = coefficients(r1);
-            sub_rows2::<V, M>([r0, r1], [f0, f1], panel.as_ptr(), kq);
-            block_columns(r1, f1);
+            let f1 = coefficients(i1);
+            sub_rows2::<V, M>(
+                [r0.add(s), r1.add(s)],
+                [f0, f1],
+                panel.as_ptr().add(s),
+                kq,
+                kq - s,
+            );
+            block_columns(i1);
         } else {
-            sub_rows::<V, M>(r0, f0, panel.as_ptr(), kq, kq);
+            sub_rows::<V, M>(r0.add(s), f0, panel.as_ptr().add(s), kq, kq - s);
         }
-        block_columns(r0, f0);
+        block_columns(i);
     }
 }
 
-/// [`sub_rows`] on two rows at once (`n = stride`), each element's operations in the same
-/// order, so the results are those of two calls.
+/// [`sub_rows`] on two rows at once, each element's operations in the same order, so the
+/// results are those of two calls.
 ///
 /// # Safety
 /// As [`sub_rows`], for both rows; the rows distinct.
@@ -276,6 +313,7 @@ unsafe fn sub_rows2<V: Lanes, const M: usize>(
     rows: [*mut f64; 2],
     f: [[f64; M]; 2],
     panel: *const f64,
+    stride: usize,
     n: usize,
 ) {
     let g0 = f[0].map(|x| V::splat(x));
@@ -285,7 +323,7 @@ unsafe fn sub_rows2<V: Lanes, const M: usize>(
         let mut x0 = V::load(rows[0].add(j));
         let mut x1 = V::load(rows[1].add(j));
         for q in 0..M {
-            let p = V::load(panel.add(q * n + j));
+            let p = V::load(panel.add(q * stride + j));
             x0 = x0.sub_mul(g0[q], p);
             x1 = x1.sub_mul(g1[q], p);
         }
@@ -445,7 +483,11 @@ fn pseudo_inverse(a: &[f64], diag: &[f64], kq: usize) -> Vec<f64> {
     if m == 0 {
         return out;
     }
-    let b = DMatrix::from_fn(m, m, |i, j| a[live[i] * kq + live[j]]);
+    // The upper triangle (what `fill_scaled` writes in full).
+    let b = DMatrix::from_fn(m, m, |i, j| {
+        let (r, c) = (live[i].min(live[j]), live[i].max(live[j]));
+        a[r * kq + c]
+    });
     if b.iter().any(|v| !v.is_finite()) {
         // nalgebra's SVD panics on a NaN; an unusable block gets zero weights.
         return out;
@@ -661,7 +703,7 @@ mod perf {
     use std::time::Instant;
 
     /// `cargo test --release --lib lrr::solve::perf -- --ignored --nocapture`: one 64 × 64
-    /// cluster's solve (Gauss–Jordan is 64³ = 262 144 multiply-adds of it), best of 200.
+    /// cluster's solve (the sweep is about 64³/2 = 131 072 multiply-adds of it), best of 3000.
     #[test]
     #[ignore]
     fn perf_solve_64() {
@@ -690,7 +732,7 @@ mod perf {
             "k 64: solve_cluster {:.1} µs, eliminate {:.1} µs ({:.1} G multiply-adds/s)",
             solve * 1e6,
             elim * 1e6,
-            (k * k * k) as f64 / elim / 1e9
+            (k * k * k) as f64 / 2.0 / elim / 1e9
         );
     }
 }
