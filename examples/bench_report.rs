@@ -9,7 +9,8 @@
 //!
 //! Sources: criterion's medians (`target/criterion/<group>/<id>/new/estimates.json`) and the
 //! figures the benches record (`target/bench-records.jsonl`, written by
-//! `benches/support/mod.rs`; the last record of a key wins). A figure that no run produced is
+//! `benches/support/mod.rs`, and the Python peers' medians that `benches/python_peers.sh`
+//! appends as `python/...`; the last record of a key wins). A figure that no run produced is
 //! printed as "not measured". The table goes between the `bench-report` markers in
 //! `BENCHMARKS.md` (added after the title when missing); the rest of the file is kept.
 
@@ -55,6 +56,9 @@ struct Cell {
 struct Row {
     workload: &'static str,
     python: &'static str,
+    /// Record keys of the peers timed in this run by `benches/python_peers.sh`, the first
+    /// being the one the speed-up column compares with.
+    peers: &'static [&'static str],
     cells: Vec<Cell>,
 }
 
@@ -92,6 +96,7 @@ fn rows() -> Vec<Row> {
         Row {
             workload: "dense Count+Sum, 1 s × 384 ch @ 30 kHz f32, 20 ms bins, 10 chunks of 100 ms",
             python: "5.6 ms (ezmsg-event)",
+            peers: &["python/binning/dense_100ms"],
             cells: vec![
                 cell(
                     "CPU",
@@ -122,6 +127,7 @@ fn rows() -> Vec<Row> {
         Row {
             workload: "same, 200 chunks of 1 ms (30 samples), per chunk",
             python: "40 µs",
+            peers: &["python/binning/dense_1ms/p50"],
             cells: vec![
                 cell(
                     "CPU (p50)",
@@ -153,6 +159,7 @@ fn rows() -> Vec<Row> {
         Row {
             workload: "sparse Exponential+Last, 384 ch, 10 s, 191 466 events, 20 ms bins, 1 s chunks",
             python: "1.1 s (ezmsg-event); plain counting 6.5 ms (pynapple)",
+            peers: &["python/binning/sparse_exp_last", "python/binning/sparse_count"],
             cells: vec![
                 cell(
                     "CPU",
@@ -176,6 +183,7 @@ fn rows() -> Vec<Row> {
         Row {
             workload: "LRR `partial_fit`, 10 chunks of 30 000 × 384 f32, 8 clusters × 48",
             python: "380 ms (ezmsg-learn)",
+            peers: &["python/lrr/partial_fit"],
             cells: vec![
                 cell(
                     "CPU",
@@ -207,6 +215,7 @@ fn rows() -> Vec<Row> {
         Row {
             workload: "LRR `transform`, same data",
             python: "186 ms (ezmsg-learn, block kernel)",
+            peers: &["python/lrr/transform"],
             cells: vec![
                 cell(
                     "CPU (new output per chunk)",
@@ -244,6 +253,7 @@ fn rows() -> Vec<Row> {
         Row {
             workload: "LRR streaming `partial_fit` + `transform`, 512 ch (8 × 64), 20-sample chunks, per chunk",
             python: "2.1 ms (ezmsg-learn, re-solving every chunk)",
+            peers: &["python/lrr/stream/p50"],
             cells: vec![
                 cell(
                     "CPU, weights re-solved every chunk (p50)",
@@ -291,6 +301,7 @@ fn rows() -> Vec<Row> {
         Row {
             workload: "recurrent Poisson GLM, 50 neurons, window 100, 10 basis functions, 10 000 steps",
             python: "180 ms (nemos, jitted)",
+            peers: &["python/glm"],
             cells: vec![
                 cell(
                     "CPU",
@@ -330,6 +341,7 @@ fn rows() -> Vec<Row> {
         Row {
             workload: "rate encoder, 256 × 784 features × 100 steps",
             python: "100 ms (`torch.rand < p`); spyx 300 ms",
+            peers: &["python/encoders/rate_numpy", "python/encoders/rate_spyx"],
             cells: vec![
                 cell(
                     "CPU (u8 into a buffer)",
@@ -350,6 +362,7 @@ fn rows() -> Vec<Row> {
         Row {
             workload: "latency encoder, same sizes",
             python: "4.4 ms (spyx)",
+            peers: &["python/encoders/latency_spyx"],
             cells: vec![
                 cell(
                     "CPU (bit-packed)",
@@ -380,6 +393,7 @@ fn rows() -> Vec<Row> {
         Row {
             workload: "max-rate classifier update + classify, 10⁴ neurons, 10 classes, batch 256",
             python: "4.3 ms (numpy)",
+            peers: &["python/classifier"],
             cells: vec![
                 cell(
                     "CPU, two calls",
@@ -421,6 +435,7 @@ fn rows() -> Vec<Row> {
         Row {
             workload: "the chain: int16 384 ch @ 30 kHz → band-pass → LRR 8×48 → threshold → 20 ms bins, 20 ms chunks",
             python: "5.5× real time (scipy + numpy); ezmsg 5.0×, 3.6 ms median / 5.3 ms p99 per chunk",
+            peers: &["python/chain"],
             cells: vec![
                 cell(
                     "CPU",
@@ -560,6 +575,44 @@ fn judge(goal: Goal, v: f64) -> (String, Option<bool>) {
     }
 }
 
+/// The Python peer cell: TARGETS.md's figure, then each peer timed in this run (when
+/// `benches/python_peers.sh` ran) with its package and version.
+fn peer_text(row: &Row, recs: &HashMap<String, Rec>) -> String {
+    let stream = row.cells.iter().find_map(|c| match c.goal {
+        RealTime { seconds, .. } => Some(seconds),
+        _ => None,
+    });
+    let timed: Vec<String> = row
+        .peers
+        .iter()
+        .filter_map(|k| {
+            let r = recs.get(*k)?;
+            let v = r.value?;
+            let what = r.text.clone().unwrap_or_default();
+            Some(match stream {
+                Some(sec) => format!("{:.1}× real time ({what})", sec / v),
+                None => format!("{} ({what})", time(v)),
+            })
+        })
+        .collect();
+    if timed.is_empty() {
+        row.python.to_string()
+    } else {
+        format!("{}; here: {}", row.python, timed.join(", "))
+    }
+}
+
+/// How many times faster than the first peer timed in this run a cell's figure is: only for
+/// times and real-time factors, and not for p99 cells (the peers are timed as medians).
+fn speed_up(c: &Cell, value: Option<f64>, peer: Option<f64>) -> String {
+    match (c.goal, value, peer) {
+        (AtMost(_) | RealTime { .. }, Some(v), Some(p)) if v > 0.0 && !c.engine.contains("p99") => {
+            format!("{:.1}×", p / v)
+        }
+        _ => String::new(),
+    }
+}
+
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -584,7 +637,8 @@ fn report(root: &Path) -> String {
         s,
         "## Summary against TARGETS.md\n\nGenerated by `cargo run --release --example bench_report` \
          from the last `cargo bench` run (criterion medians and the benches' recorded \
-         percentiles). CPU: {} ({cores} cores). GPU engine: {adapter}. The real-GPU column of \
+         percentiles; the Python peers timed by `benches/python_peers.sh` on the same \
+         machine, where it ran). CPU: {} ({cores} cores). GPU engine: {adapter}. The real-GPU column of \
          TARGETS.md is not measured here: no hardware GPU was available for these runs. \
          Load is the 1-minute load average when a recorded figure was taken (criterion rows: \
          see the per-bench sections).\n",
@@ -592,11 +646,20 @@ fn report(root: &Path) -> String {
     );
     let _ = writeln!(
         s,
-        "| workload | Python peer | engine | measured | target | met | load | why it misses, what would close it |"
+        "| workload | Python peer: TARGETS.md; timed in this run | engine | measured | speed-up over the peer | target | met | load | why it misses, what would close it |"
     );
-    let _ = writeln!(s, "| --- | --- | --- | ---: | --- | :---: | ---: | --- |");
+    let _ = writeln!(
+        s,
+        "| --- | --- | --- | ---: | ---: | --- | :---: | ---: | --- |"
+    );
     let (mut met, mut missed, mut absent) = (0, 0, 0);
     for row in rows() {
+        let peer = row
+            .peers
+            .first()
+            .and_then(|k| recs.get(*k))
+            .and_then(|r| r.value);
+        let python = peer_text(&row, &recs);
         for (i, c) in row.cells.iter().enumerate() {
             let (value, load) = match c.src {
                 Criterion(id) => (criterion_median(root, id), None),
@@ -623,14 +686,15 @@ fn report(root: &Path) -> String {
             };
             let why = if ok == Some(false) { c.why } else { "" };
             let (w, p) = if i == 0 {
-                (row.workload, row.python)
+                (row.workload, python.as_str())
             } else {
                 ("", "")
             };
             let load = load.map_or(String::new(), |l| format!("{l:.1}"));
+            let ratio = speed_up(c, value, peer);
             let _ = writeln!(
                 s,
-                "| {w} | {p} | {} | {shown} | {} | {verdict} | {load} | {why} |",
+                "| {w} | {p} | {} | {shown} | {ratio} | {} | {verdict} | {load} | {why} |",
                 c.engine, c.target
             );
         }
