@@ -191,8 +191,11 @@ fn rows() -> Vec<Row> {
                     AtMost(75e-3),
                     "≤ 75 ms",
                     "5.6 GFLOP of f32 products folded into f64 every 32 samples; the AVX-512 \
-                     8-row tile measured 44–53 ms on a quiet machine, so a miss is the \
-                     machine's load.",
+                     8-row tile measured 44–53 ms (AMD Zen 5) and 65 ms (Intel Xeon) on quiet \
+                     machines, and 57–59 ms on AMD Zen 4 since each 32-row block's cache lines \
+                     are read in order before its column groups (79–82 ms before: the groups' \
+                     strided reads left the prefetchers behind), so a miss is the machine's \
+                     load.",
                 ),
                 cell(
                     "lavapipe",
@@ -226,7 +229,10 @@ fn rows() -> Vec<Row> {
                      first touch: 20.6 ms per chunk in 4 KiB pages (a C probe), 2.5 ms since \
                      outputs of 4 MiB or more are advised for transparent huge pages (the \
                      figure was 205 ms before). What is left over `transform_into` (next cell) \
-                     is that zeroing and the machine's load; a reused buffer avoids both.",
+                     is that zeroing and the machine's load; a reused buffer avoids both. \
+                     Since 2026-12-07 each 96-row block of the input is read in order before \
+                     its clusters' products (interleaved runs on AMD Zen 4: 153–183 → \
+                     114–144 ms).",
                 ),
                 cell(
                     "CPU (into a reused buffer)",

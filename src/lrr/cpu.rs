@@ -8,7 +8,7 @@ use std::ops::Range;
 
 use ndarray::{Array2, ArrayView2};
 
-use super::kernels::{gemm_rows, prefetch_rows, syrk_block, BLOCK, TC};
+use super::kernels::{gemm_rows, prefetch_rows, syrk_block, touch_lines, BLOCK, TC};
 use super::solve::solve_block;
 use super::{scan_chunk, sym, Layout, Scan, MAX_ABS_VALUE};
 use crate::engine::worker_threads;
@@ -327,13 +327,13 @@ impl CpuLrr {
             while r0 < range.end {
                 let rows = T_ROWS.min(range.end - r0);
                 let o0 = r0 - range.start;
+                touch_lines(&x[r0 * nc..(r0 + rows) * nc]);
                 for (ci, members) in layout.clusters.iter().enumerate() {
                     let k = members.len();
                     let kp = pad(k);
                     let m0 = members[0];
                     let contiguous = members[k - 1] - m0 == k - 1;
                     if contiguous && kp == k {
-                        prefetch_rows(x, (r0 + T_ROWS) * nc + m0, nc, T_ROWS, k, false);
                         prefetch_rows(out, (o0 + T_ROWS) * nc + m0, nc, T_ROWS, k, true);
                         gemm_rows(
                             &x[r0 * nc + m0..],
@@ -403,6 +403,7 @@ fn accumulate_rows(
     let mut s0 = range.start;
     while s0 < range.end {
         let rows = BLOCK.min(range.end - s0);
+        touch_lines(&data[s0 * nc..(s0 + rows) * nc]);
         for (g, members) in layout.groups.iter().enumerate() {
             let k = members.len();
             let kp = kps[g];
