@@ -150,6 +150,24 @@ fn syrk_tile_portable(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn syrk_block_avx512(panel: &[f32], ps: usize, kp: usize, k: usize, c: &mut [f64]) {
+    // Calls tile kernel `$f::<R, V>` for run-time `r` (1..=8 rows) and `nv` vectors, `V`
+    // being `$hi`, `$mid`, or `$lo` for any other `nv`.
+    macro_rules! by_shape {
+        ($f:ident, $r:expr, $nv:expr, $hi:literal, $mid:literal, $lo:literal, $args:tt) => {
+            by_shape!(@rows $f, $r, $nv, $hi, $mid, $lo, $args, 8, 7, 6, 5, 4, 3, 2, 1)
+        };
+        (@rows $f:ident, $r:expr, $nv:expr, $hi:literal, $mid:literal, $lo:literal,
+         $args:tt, $($rr:literal),*) => {
+            match ($r, $nv) {
+                $(
+                    ($rr, $hi) => $f::<$rr, $hi> $args,
+                    ($rr, $mid) => $f::<$rr, $mid> $args,
+                    ($rr, _) => $f::<$rr, $lo> $args,
+                )*
+                _ => {}
+            }
+        };
+    }
     let mut i0 = 0;
     while i0 < k {
         let r = TR512.min(k - i0);
@@ -157,36 +175,20 @@ unsafe fn syrk_block_avx512(panel: &[f32], ps: usize, kp: usize, k: usize, c: &m
         if i0 % TC == TR512 {
             j0 = i0;
             let nv = ((kp - j0 - TR512) / TC).min(2);
-            macro_rules! half {
-                ($($r:literal),*) => {
-                    match (r, nv) {
-                        $(
-                            ($r, 2) => syrk_tile_avx512_half::<$r, 2>(panel, ps, kp, i0, j0, c),
-                            ($r, 1) => syrk_tile_avx512_half::<$r, 1>(panel, ps, kp, i0, j0, c),
-                            ($r, _) => syrk_tile_avx512_half::<$r, 0>(panel, ps, kp, i0, j0, c),
-                        )*
-                        _ => {}
-                    }
-                };
-            }
-            half!(8, 7, 6, 5, 4, 3, 2, 1);
+            by_shape!(
+                syrk_tile_avx512_half,
+                r,
+                nv,
+                2,
+                1,
+                0,
+                (panel, ps, kp, i0, j0, c)
+            );
             j0 += TR512 + nv * TC;
         }
         while j0 < kp {
             let nv = ((kp - j0) / TC).min(3);
-            macro_rules! tile {
-                ($($r:literal),*) => {
-                    match (r, nv) {
-                        $(
-                            ($r, 3) => syrk_tile_avx512::<$r, 3>(panel, ps, kp, i0, j0, c),
-                            ($r, 2) => syrk_tile_avx512::<$r, 2>(panel, ps, kp, i0, j0, c),
-                            ($r, _) => syrk_tile_avx512::<$r, 1>(panel, ps, kp, i0, j0, c),
-                        )*
-                        _ => {}
-                    }
-                };
-            }
-            tile!(8, 7, 6, 5, 4, 3, 2, 1);
+            by_shape!(syrk_tile_avx512, r, nv, 3, 2, 1, (panel, ps, kp, i0, j0, c));
             j0 += nv * TC;
         }
         i0 += TR512;
