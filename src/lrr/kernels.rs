@@ -150,19 +150,19 @@ fn syrk_tile_portable(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn syrk_block_avx512(panel: &[f32], ps: usize, kp: usize, k: usize, c: &mut [f64]) {
-    // Calls tile kernel `$f::<R, V>` for run-time `r` (1..=8 rows) and `nv` vectors, `V`
-    // being `$hi`, `$mid`, or `$lo` for any other `nv`.
+    // Calls `syrk_tile_avx512::<R, V, $head>` for run-time `r` (1..=8 rows) and `nv`
+    // vectors, `V` being `$hi`, `$mid`, or `$lo` for any other `nv`.
     macro_rules! by_shape {
-        ($f:ident, $r:expr, $nv:expr, $hi:literal, $mid:literal, $lo:literal, $args:tt) => {
-            by_shape!(@rows $f, $r, $nv, $hi, $mid, $lo, $args, 8, 7, 6, 5, 4, 3, 2, 1)
+        ($head:literal, $r:expr, $nv:expr, $hi:literal, $mid:literal, $lo:literal, $args:tt) => {
+            by_shape!(@rows $head, $r, $nv, $hi, $mid, $lo, $args, 8, 7, 6, 5, 4, 3, 2, 1)
         };
-        (@rows $f:ident, $r:expr, $nv:expr, $hi:literal, $mid:literal, $lo:literal,
+        (@rows $head:literal, $r:expr, $nv:expr, $hi:literal, $mid:literal, $lo:literal,
          $args:tt, $($rr:literal),*) => {
             match ($r, $nv) {
                 $(
-                    ($rr, $hi) => $f::<$rr, $hi> $args,
-                    ($rr, $mid) => $f::<$rr, $mid> $args,
-                    ($rr, _) => $f::<$rr, $lo> $args,
+                    ($rr, $hi) => syrk_tile_avx512::<$rr, $hi, $head> $args,
+                    ($rr, $mid) => syrk_tile_avx512::<$rr, $mid, $head> $args,
+                    ($rr, _) => syrk_tile_avx512::<$rr, $lo, $head> $args,
                 )*
                 _ => {}
             }
@@ -175,83 +175,29 @@ unsafe fn syrk_block_avx512(panel: &[f32], ps: usize, kp: usize, k: usize, c: &m
         if i0 % TC == TR512 {
             j0 = i0;
             let nv = ((kp - j0 - TR512) / TC).min(2);
-            by_shape!(
-                syrk_tile_avx512_half,
-                r,
-                nv,
-                2,
-                1,
-                0,
-                (panel, ps, kp, i0, j0, c)
-            );
+            by_shape!(true, r, nv, 2, 1, 0, (panel, ps, kp, i0, j0, c));
             j0 += TR512 + nv * TC;
         }
         while j0 < kp {
             let nv = ((kp - j0) / TC).min(3);
-            by_shape!(syrk_tile_avx512, r, nv, 3, 2, 1, (panel, ps, kp, i0, j0, c));
+            by_shape!(false, r, nv, 3, 2, 1, (panel, ps, kp, i0, j0, c));
             j0 += nv * TC;
         }
         i0 += TR512;
     }
 }
 
-/// One AVX-512 tile: rows `i0..i0 + R`, columns `j0..j0 + 16·V`, summed over [`BLOCK`] panel
-/// rows in `f32`, then added to `c` in `f64`.
+/// One AVX-512 tile: rows `i0..i0 + R`, columns `j0..j0 + w + 16·V`, summed over [`BLOCK`]
+/// panel rows in `f32`, then added to `c` in `f64`. With `HEAD`, the first `w = 8` columns
+/// are one 256-bit vector (`w = 0` without); every entry is summed in the same order with the
+/// same fused multiply-adds as the other paths.
 ///
 /// # Safety
-/// AVX-512F must be present; `i0 + R ≤ kp`, `j0 + 16·V ≤ kp`, and `panel`, `c` as checked by
-/// [`syrk_block`].
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn syrk_tile_avx512<const R: usize, const V: usize>(
-    panel: &[f32],
-    ps: usize,
-    kp: usize,
-    i0: usize,
-    j0: usize,
-    c: &mut [f64],
-) {
-    use std::arch::x86_64::*;
-    let p = panel.as_ptr();
-    let mut acc = [[_mm512_setzero_ps(); V]; R];
-    for s in 0..BLOCK {
-        let row = p.add(s * ps);
-        let mut v = [_mm512_setzero_ps(); V];
-        for (h, x) in v.iter_mut().enumerate() {
-            *x = _mm512_loadu_ps(row.add(j0 + TC * h));
-        }
-        for (q, a) in acc.iter_mut().enumerate() {
-            let b = _mm512_set1_ps(*row.add(i0 + q));
-            for h in 0..V {
-                a[h] = _mm512_fmadd_ps(b, v[h], a[h]);
-            }
-        }
-    }
-    let cp = c.as_mut_ptr();
-    for (q, a) in acc.iter().enumerate() {
-        let crow = cp.add((i0 + q) * kp + j0);
-        for (h, v) in a.iter().enumerate() {
-            let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(*v));
-            let hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
-                _mm512_castps_pd(*v),
-            )));
-            let d = crow.add(TC * h);
-            _mm512_storeu_pd(d, _mm512_add_pd(_mm512_loadu_pd(d), lo));
-            _mm512_storeu_pd(d.add(8), _mm512_add_pd(_mm512_loadu_pd(d.add(8)), hi));
-        }
-    }
-}
-
-/// [`syrk_tile_avx512`] whose first 8 columns (`j0..j0 + 8`) are one 256-bit vector, then
-/// `V` full vectors: columns `j0..j0 + 8 + 16·V`, each entry summed in the same order with
-/// the same fused multiply-adds as the other paths.
-///
-/// # Safety
-/// AVX-512F must be present; `i0 + R ≤ kp`, `j0 + 8 + 16·V ≤ kp`, and `panel`, `c` as
+/// AVX-512F must be present; `i0 + R ≤ kp`, `j0 + w + 16·V ≤ kp`, and `panel`, `c` as
 /// checked by [`syrk_block`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn syrk_tile_avx512_half<const R: usize, const V: usize>(
+unsafe fn syrk_tile_avx512<const R: usize, const V: usize, const HEAD: bool>(
     panel: &[f32],
     ps: usize,
     kp: usize,
@@ -260,19 +206,26 @@ unsafe fn syrk_tile_avx512_half<const R: usize, const V: usize>(
     c: &mut [f64],
 ) {
     use std::arch::x86_64::*;
+    let w = if HEAD { TR512 } else { 0 };
     let p = panel.as_ptr();
     let mut head = [_mm256_setzero_ps(); R];
     let mut acc = [[_mm512_setzero_ps(); V]; R];
     for s in 0..BLOCK {
         let row = p.add(s * ps);
-        let u = _mm256_loadu_ps(row.add(j0));
+        let u = if HEAD {
+            _mm256_loadu_ps(row.add(j0))
+        } else {
+            _mm256_setzero_ps()
+        };
         let mut v = [_mm512_setzero_ps(); V];
         for (h, x) in v.iter_mut().enumerate() {
-            *x = _mm512_loadu_ps(row.add(j0 + TR512 + TC * h));
+            *x = _mm512_loadu_ps(row.add(j0 + w + TC * h));
         }
         for q in 0..R {
             let b = _mm512_set1_ps(*row.add(i0 + q));
-            head[q] = _mm256_fmadd_ps(_mm512_castps512_ps256(b), u, head[q]);
+            if HEAD {
+                head[q] = _mm256_fmadd_ps(_mm512_castps512_ps256(b), u, head[q]);
+            }
             for h in 0..V {
                 acc[q][h] = _mm512_fmadd_ps(b, v[h], acc[q][h]);
             }
@@ -281,16 +234,18 @@ unsafe fn syrk_tile_avx512_half<const R: usize, const V: usize>(
     let cp = c.as_mut_ptr();
     for q in 0..R {
         let d = cp.add((i0 + q) * kp + j0);
-        _mm512_storeu_pd(
-            d,
-            _mm512_add_pd(_mm512_loadu_pd(d), _mm512_cvtps_pd(head[q])),
-        );
+        if HEAD {
+            _mm512_storeu_pd(
+                d,
+                _mm512_add_pd(_mm512_loadu_pd(d), _mm512_cvtps_pd(head[q])),
+            );
+        }
         for (h, v) in acc[q].iter().enumerate() {
             let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(*v));
             let hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
                 _mm512_castps_pd(*v),
             )));
-            let e = d.add(TR512 + TC * h);
+            let e = d.add(w + TC * h);
             _mm512_storeu_pd(e, _mm512_add_pd(_mm512_loadu_pd(e), lo));
             _mm512_storeu_pd(e.add(8), _mm512_add_pd(_mm512_loadu_pd(e.add(8)), hi));
         }
