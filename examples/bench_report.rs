@@ -269,13 +269,20 @@ fn rows() -> Vec<Row> {
                     "re-solving eight 64 × 64 ridge inverses in f64 every chunk. Since 2026-12-07 \
                      the solve is a symmetric sweep (each row updated from its own 8-wide vector \
                      on: ~1.1 M multiply-adds for the eight, half of Gauss–Jordan's), one \
-                     cluster's solve 18.7–19.1 µs on this VM (25.6 µs before), and the calling \
+                     cluster's solve 16.7–20.4 µs on the Zen 4 VM (25.6 µs before; its \
+                     elimination 14.4–17.0 µs, 7.7–9.1 G multiply-adds/s, ~40 % of a core's \
+                     f64 peak of 20.8 G/s: 2.6 GHz, two multiply and two add pipes of four \
+                     lanes; perf: 75 % of the solve is the row updates' loads, multiplies and \
+                     stores; eight pivots per pass instead of four measured slower, 15.6–20.8 \
+                     µs), and the calling \
                      thread shares the clusters with one pool thread through a counter (handing \
                      the call to the pool and parking the caller was slower than one thread); \
                      the chunk's p50 went from 269–283 to 191–236 µs in an alternated A/B. \
                      What is left is ~75 µs of solves per core plus the pool thread's wake-up \
                      on a virtual CPU (tens of µs, and the woken thread often shares the \
-                     caller's CPU for a while). A rank-20 update of the inverse (Woodbury) costs \
+                     caller's CPU for a while). At that peak the eight solves alone would \
+                     take 50 µs of one core, so meeting 50 µs per chunk needs a cheaper method \
+                     than re-inverting: a rank-20 update of the inverse (Woodbury) costs \
                      about what re-inverting a 64 × 64 block does. `update_every` (the next \
                      cell) amortises the solve and meets the target.",
                 ),

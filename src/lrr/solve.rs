@@ -36,7 +36,8 @@ use std::cmp::Ordering;
 pub(crate) const SINGULAR_TOL: f64 = 1e-10;
 /// Relative cut-off of singular values in the pseudo-inverse fall-back.
 pub(crate) const PINV_RCOND: f64 = 1e-10;
-/// Pivots eliminated per pass over the rows.
+/// Pivots eliminated per pass over the rows. (Eight measured slower on a 64 × 64 cluster:
+/// 15.6–20.8 µs against 14.4–17.0 µs for the elimination, Zen 4 VM, `lrr::solve::perf`.)
 pub(crate) const PIVOTS: usize = 4;
 /// `f64` lanes the working rows are padded to.
 const LANES: usize = 8;
