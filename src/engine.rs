@@ -280,3 +280,45 @@ pub(crate) fn par_pieces<T: Send, R: Send>(
             .collect(),
     }
 }
+
+/// Hints the processor to fetch `rows` rows of `width` elements starting at `data[start]`
+/// (row stride `stride`) into the cache; `write` asks for them in a writable state. Only
+/// addresses inside `data` are touched; does nothing off x86-64.
+#[inline]
+pub(crate) fn prefetch_rows(
+    data: &[f32],
+    start: usize,
+    stride: usize,
+    rows: usize,
+    width: usize,
+    write: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0, _MM_HINT_T0};
+        let p = data.as_ptr() as *const i8;
+        for r in 0..rows {
+            let a = start + r * stride;
+            if a + width > data.len() {
+                break;
+            }
+            let mut off = 0;
+            while off < width {
+                // SAFETY: a prefetch never faults; the address lies inside `data`.
+                unsafe {
+                    let q = p.add(4 * (a + off));
+                    if write {
+                        _mm_prefetch::<_MM_HINT_ET0>(q);
+                    } else {
+                        _mm_prefetch::<_MM_HINT_T0>(q);
+                    }
+                }
+                off += 16;
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (data, start, stride, rows, width, write);
+    }
+}

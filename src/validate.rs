@@ -11,12 +11,7 @@ pub(crate) fn check_finite(chunk: ArrayView2<'_, f32>) -> Result<()> {
     // A contiguous chunk: one branch-free scan of the exponent bits (vectorises); the slow
     // path below only runs to name the offending sample.
     if let Some(all) = chunk.as_slice() {
-        let clean = all.chunks(512).all(|c| {
-            c.iter().fold(0u32, |m, v| {
-                m | u32::from(v.to_bits() & 0x7f80_0000 == 0x7f80_0000)
-            }) == 0
-        });
-        if clean {
+        if all_finite(all) {
             return Ok(());
         }
     }
@@ -31,6 +26,44 @@ pub(crate) fn check_finite(chunk: ArrayView2<'_, f32>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether every value of `v` is finite: a scan of the exponent bits, built for AVX-512F or
+/// AVX2 when the CPU has them (a 20 ms chunk of 384 channels, 0.9 MB from L2: ~45 µs with
+/// SSE2's four lanes on the benches' machine).
+pub(crate) fn all_finite(v: &[f32]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked just above).
+            return unsafe { all_finite_avx512(v) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            return unsafe { all_finite_avx2(v) };
+        }
+    }
+    all_finite_scan(v)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn all_finite_avx512(v: &[f32]) -> bool {
+    all_finite_scan(v)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn all_finite_avx2(v: &[f32]) -> bool {
+    all_finite_scan(v)
+}
+
+/// The scan itself: per block of 1024 values, the largest magnitude's bits against the
+/// exponent of ±inf (NaNs have larger bits), branch-free within a block.
+#[inline(always)]
+fn all_finite_scan(v: &[f32]) -> bool {
+    v.chunks(1024)
+        .all(|c| c.iter().fold(0u32, |m, x| m.max(x.to_bits() & 0x7fff_ffff)) < 0x7f80_0000)
 }
 
 /// The error for the first non-finite value of row `row` of `chunk` (which holds one).
@@ -155,4 +188,31 @@ pub(crate) fn host_zeros<T: bytemuck::Zeroable, D: ndarray::Dimension>(
         .ok_or_else(|| Error::HostMemory(format!("{what}: shape {:?} overflows", shape.slice())))?;
     let v = host_zeroed(what, len)?;
     ndarray::Array::from_shape_vec(shape, v).map_err(|e| Error::HostMemory(format!("{what}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every non-finite value is found wherever it sits (block edges included), and the
+    /// finite extremes pass; the AVX builds and the plain scan agree.
+    #[test]
+    fn all_finite_finds_every_non_finite_value() {
+        let edge = [f32::MAX, -f32::MAX, f32::MIN_POSITIVE, 1e-45, -0.0, 0.0];
+        let mut v: Vec<f32> = (0..2100).map(|i| edge[i % edge.len()]).collect();
+        assert!(all_finite(&v) && all_finite_scan(&v));
+        assert!(all_finite(&[]));
+        for &bad in &[f32::NAN, -f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            for at in [0, 1, 1023, 1024, 1025, 2047, 2099] {
+                let keep = v[at];
+                v[at] = bad;
+                assert!(!all_finite(&v), "{bad} at {at} missed");
+                assert!(
+                    !all_finite_scan(&v),
+                    "{bad} at {at} missed by the plain scan"
+                );
+                v[at] = keep;
+            }
+        }
+    }
 }

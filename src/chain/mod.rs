@@ -655,7 +655,8 @@ impl Chain {
         let filtered = match &mut self.filter {
             Some(f) => {
                 let mut fa = ArrayViewMut2::from_shape((n, c), &mut a[..len]).map_err(shape_err)?;
-                f.process_into(chunk, fa.view_mut())?;
+                // `Chain::process_into` checked the chunk finite.
+                f.process_finite_into(chunk, fa.view_mut())?;
                 ArrayView2::from_shape((n, c), &a[..len]).map_err(shape_err)?
             }
             None => chunk.view(),

@@ -1,11 +1,17 @@
 //! The CPU engine of the band-pass filter: transposed direct form II, `f64` state and
 //! arithmetic, time-major rows processed in lockstep across channels.
 //!
-//! Per row, the samples are widened to `f64` into a work row, then each section runs over
-//! the whole row (a branch-free loop across channels that the compiler vectorises), and
-//! the row is narrowed back to `f32` into the output. The state is two arrays per section
-//! (`z₁`, `z₂`, one entry per channel), so every inner loop reads and writes contiguous
-//! memory. Nothing is allocated per chunk.
+//! Contiguous chunks run channel block by channel block (16 channels in the AVX-512 build,
+//! 8 in the AVX2 one, 4 otherwise): each block's section states stay in registers while its
+//! rows stream through a group of up to [`GROUP`] sections, so a row costs one load and one
+//! store per block instead of the states' loads and stores per section. (384 channels, 600
+//! rows, order 3, on the benches' Zen 4 VM: 275 → 172 µs per chunk in L2, the AVX-512
+//! build now bound by its multiplies.) A longer cascade runs its
+//! groups in turn over tiles of [`TILE_ROWS`] rows, through a small `f64` work tile. Other
+//! strides take the row loop: per row, the samples are widened to `f64` into a work row,
+//! then each section runs over the whole row. Both loops do the same IEEE operations in the
+//! same order on every sample, so they give the same bits. The state is two arrays per
+//! section (`z₁`, `z₂`, one entry per channel). Nothing is allocated per chunk.
 
 use ndarray::{ArrayView2, ArrayViewMut2};
 
@@ -23,7 +29,17 @@ pub(crate) struct CpuState {
     z2: Vec<f64>,
     /// Work row (`nc` entries).
     w: Vec<f64>,
+    /// Work tile of the blocked loop ([`TILE_ROWS`] rows of one block), for cascades of
+    /// more than [`GROUP`] sections.
+    tile: Vec<f64>,
 }
+
+/// Most sections whose states one pass over a block's rows keeps in registers.
+const GROUP: usize = 3;
+/// Rows per pass of a group when the cascade has more than [`GROUP`] sections.
+const TILE_ROWS: usize = 128;
+/// How many rows ahead of the one it filters the blocked loop asks for its block's inputs.
+const PREFETCH_ROWS: usize = 8;
 
 impl CpuState {
     /// Zero state for `nc` channels and `ns` sections.
@@ -35,6 +51,10 @@ impl CpuState {
         self.z2.resize(ns * nc, 0.0);
         self.w.clear();
         self.w.resize(nc, 0.0);
+        self.tile.clear();
+        if ns > GROUP {
+            self.tile.resize(TILE_ROWS * 16, 0.0);
+        }
     }
 
     /// The state as `(z₁ hi, z₁ lo, z₂ hi, z₂ lo)` per (section, channel), section-major:
@@ -63,9 +83,10 @@ impl CpuState {
     }
 
     /// Filters `chunk` into `out` (same shape, checked by the caller; samples checked
-    /// finite by the caller). Dispatches at run time to a build of the same loop for
-    /// AVX-512F or AVX2 when the CPU has them: the same IEEE operations in the same order
-    /// (no FMA contraction), so the output is bit-identical whichever build runs.
+    /// finite by the caller). Dispatches at run time to a build of the same loops for
+    /// AVX-512F (blocks of 16 channels: two vectors) or AVX2 (blocks of 8) when the CPU has
+    /// them: the same IEEE operations in the same order (no FMA contraction), so the output
+    /// is bit-identical whichever build runs.
     pub(crate) fn run(
         &mut self,
         sos: &[Coeffs],
@@ -83,7 +104,7 @@ impl CpuState {
                 return unsafe { self.run_avx2(sos, chunk, out) };
             }
         }
-        self.run_rows(sos, chunk, out)
+        self.run_any::<4>(sos, chunk, out)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -94,7 +115,7 @@ impl CpuState {
         chunk: ArrayView2<'_, f32>,
         out: ArrayViewMut2<'_, f32>,
     ) {
-        self.run_rows(sos, chunk, out)
+        self.run_any::<16>(sos, chunk, out)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -105,12 +126,27 @@ impl CpuState {
         chunk: ArrayView2<'_, f32>,
         out: ArrayViewMut2<'_, f32>,
     ) {
-        self.run_rows(sos, chunk, out)
+        self.run_any::<8>(sos, chunk, out)
     }
 
-    /// The loop itself: rows in order, every section across all channels in lockstep.
+    /// Contiguous chunks take the blocked loop (blocks of `W` channels), others the row
+    /// loop: the same bits.
     #[inline(always)]
-    fn run_rows(
+    fn run_any<const W: usize>(
+        &mut self,
+        sos: &[Coeffs],
+        chunk: ArrayView2<'_, f32>,
+        mut out: ArrayViewMut2<'_, f32>,
+    ) {
+        match (chunk.as_slice(), out.as_slice_mut()) {
+            (Some(x), Some(y)) => self.run_blocks::<W>(sos, x, y),
+            _ => self.run_rows(sos, chunk, out),
+        }
+    }
+
+    /// The row loop: rows in order, every section across all channels in lockstep.
+    #[inline(always)]
+    pub(crate) fn run_rows(
         &mut self,
         sos: &[Coeffs],
         chunk: ArrayView2<'_, f32>,
@@ -151,6 +187,318 @@ impl CpuState {
                 None => {
                     for (o, &y) in row_out.iter_mut().zip(w.iter()) {
                         *o = y as f32;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The blocked loop over row-major `x` and `y` (`rows × nc` each): the whole blocks of
+    /// `W` channels, then the last, partial block.
+    #[inline(always)]
+    pub(crate) fn run_blocks<const W: usize>(&mut self, sos: &[Coeffs], x: &[f32], y: &mut [f32]) {
+        let nc = self.nc;
+        let full = nc / W * W;
+        for c0 in (0..full).step_by(W) {
+            self.run_block::<W, true>(sos, x, y, c0);
+        }
+        if full < nc {
+            self.run_block::<W, false>(sos, x, y, full);
+        }
+    }
+
+    /// One block of channels `c0 ..` (all `W` of them when `FULL`, else the rest of the
+    /// row; the missing lanes compute on zeros and are never stored): one pass over the
+    /// rows per group of sections, or, for more than one group, one pass per group over
+    /// each tile of [`TILE_ROWS`] rows.
+    #[inline(always)]
+    fn run_block<const W: usize, const FULL: bool>(
+        &mut self,
+        sos: &[Coeffs],
+        x: &[f32],
+        y: &mut [f32],
+        c0: usize,
+    ) {
+        let nc = self.nc;
+        let lanes = W.min(nc - c0);
+        let rows = x.len() / nc;
+        let n_groups = sos.len().div_ceil(GROUP);
+        let tile_rows = if n_groups > 1 { TILE_ROWS } else { rows.max(1) };
+        if self.tile.len() < TILE_ROWS * W && n_groups > 1 {
+            self.tile.resize(TILE_ROWS * W, 0.0);
+        }
+        let mut t0 = 0;
+        while t0 < rows {
+            let n = tile_rows.min(rows - t0);
+            for g in 0..n_groups {
+                let secs = g * GROUP..sos.len().min((g + 1) * GROUP);
+                let mut state =
+                    BlockState::<W>::load(&self.z1, &self.z2, secs.clone(), nc, c0, lanes);
+                let io = BlockIo {
+                    x,
+                    y: &mut *y,
+                    tile: &mut self.tile,
+                    nc,
+                    c0,
+                    lanes,
+                    t0,
+                };
+                let sec = &sos[secs.clone()];
+                match (g == 0, g + 1 == n_groups) {
+                    (true, true) => state.group::<FULL, true, true>(sec, n, io),
+                    (true, false) => state.group::<FULL, true, false>(sec, n, io),
+                    (false, true) => state.group::<FULL, false, true>(sec, n, io),
+                    (false, false) => state.group::<FULL, false, false>(sec, n, io),
+                }
+                state.store(&mut self.z1, &mut self.z2, secs, nc, c0, lanes);
+            }
+            t0 += n;
+        }
+    }
+}
+
+/// Where a group's rows come from and go to: the chunk (the first group, `FIRST`) or the
+/// work tile, and the output (the last group, `LAST`) or the work tile; rows counted from
+/// the tile's first, `t0`.
+struct BlockIo<'a> {
+    x: &'a [f32],
+    y: &'a mut [f32],
+    tile: &'a mut [f64],
+    nc: usize,
+    c0: usize,
+    lanes: usize,
+    t0: usize,
+}
+
+impl BlockIo<'_> {
+    /// Row `r`'s input to the group.
+    #[inline(always)]
+    fn get<const W: usize, const FULL: bool, const FIRST: bool>(&self, r: usize) -> [f64; W] {
+        if !FIRST {
+            return *self.tile[r * W..].first_chunk().unwrap_or(&[0.0; W]);
+        }
+        let at = (self.t0 + r) * self.nc + self.c0;
+        // The block's row PREFETCH_ROWS ahead: the rows are a stride apart, more than the
+        // hardware prefetchers run ahead of on their own.
+        crate::engine::prefetch_rows(self.x, at + PREFETCH_ROWS * self.nc, 0, 1, W, false);
+        let row = &self.x[at..];
+        let v: [f32; W] = if FULL {
+            *row.first_chunk().unwrap_or(&[0.0; W])
+        } else {
+            let mut v = [0.0; W];
+            v[..self.lanes].copy_from_slice(&row[..self.lanes]);
+            v
+        };
+        v.map(f64::from)
+    }
+
+    /// Row `r`'s output of the group.
+    #[inline(always)]
+    fn put<const W: usize, const FULL: bool, const LAST: bool>(&mut self, r: usize, v: [f64; W]) {
+        if !LAST {
+            if let Some(t) = self.tile[r * W..].first_chunk_mut::<W>() {
+                *t = v;
+            }
+            return;
+        }
+        let row = &mut self.y[(self.t0 + r) * self.nc + self.c0..];
+        let v = v.map(|e| e as f32);
+        if FULL {
+            if let Some(a) = row.first_chunk_mut::<W>() {
+                *a = v;
+            }
+        } else {
+            row[..self.lanes].copy_from_slice(&v[..self.lanes]);
+        }
+    }
+}
+
+/// The states of up to [`GROUP`] sections for one block of `W` channels, in registers while
+/// a group runs.
+struct BlockState<const W: usize> {
+    z1: [[f64; W]; GROUP],
+    z2: [[f64; W]; GROUP],
+}
+
+impl<const W: usize> BlockState<W> {
+    /// Sections `secs`' states of channels `c0 .. c0 + lanes` (zeros in the other lanes).
+    #[inline(always)]
+    fn load(
+        z1: &[f64],
+        z2: &[f64],
+        secs: std::ops::Range<usize>,
+        nc: usize,
+        c0: usize,
+        lanes: usize,
+    ) -> Self {
+        let mut st = BlockState {
+            z1: [[0.0; W]; GROUP],
+            z2: [[0.0; W]; GROUP],
+        };
+        for (j, s) in secs.enumerate() {
+            let at = s * nc + c0;
+            st.z1[j][..lanes].copy_from_slice(&z1[at..at + lanes]);
+            st.z2[j][..lanes].copy_from_slice(&z2[at..at + lanes]);
+        }
+        st
+    }
+
+    /// Writes the states back (only the block's real lanes).
+    #[inline(always)]
+    fn store(
+        &self,
+        z1: &mut [f64],
+        z2: &mut [f64],
+        secs: std::ops::Range<usize>,
+        nc: usize,
+        c0: usize,
+        lanes: usize,
+    ) {
+        for (j, s) in secs.enumerate() {
+            let at = s * nc + c0;
+            z1[at..at + lanes].copy_from_slice(&self.z1[j][..lanes]);
+            z2[at..at + lanes].copy_from_slice(&self.z2[j][..lanes]);
+        }
+    }
+
+    /// `rows` rows of `io` through the sections `sos` (at most [`GROUP`]).
+    #[inline(always)]
+    fn group<const FULL: bool, const FIRST: bool, const LAST: bool>(
+        &mut self,
+        sos: &[Coeffs],
+        rows: usize,
+        mut io: BlockIo<'_>,
+    ) {
+        match sos.len() {
+            1 => self.run::<1, FULL, FIRST, LAST>(sos, rows, &mut io),
+            2 => self.run::<2, FULL, FIRST, LAST>(sos, rows, &mut io),
+            _ => self.run::<3, FULL, FIRST, LAST>(sos, rows, &mut io),
+        }
+    }
+
+    /// `rows` rows of `io` through the `G` sections `sos` (`sos.len() == G`), the states in
+    /// locals (registers). Each sample sees the row loop's operations in its order.
+    #[inline(always)]
+    fn run<const G: usize, const FULL: bool, const FIRST: bool, const LAST: bool>(
+        &mut self,
+        sos: &[Coeffs],
+        rows: usize,
+        io: &mut BlockIo<'_>,
+    ) {
+        let mut c = [[0.0; 5]; G];
+        c.copy_from_slice(&sos[..G]);
+        let mut z1 = [[0.0; W]; G];
+        let mut z2 = [[0.0; W]; G];
+        z1.copy_from_slice(&self.z1[..G]);
+        z2.copy_from_slice(&self.z2[..G]);
+        for r in 0..rows {
+            let mut w = io.get::<W, FULL, FIRST>(r);
+            for s in 0..G {
+                let [b0, b1, b2, a1, a2] = c[s];
+                for i in 0..W {
+                    let xi = w[i];
+                    let y = b0 * xi + z1[s][i];
+                    z1[s][i] = b1 * xi - a1 * y + z2[s][i];
+                    z2[s][i] = b2 * xi - a2 * y;
+                    w[i] = y;
+                }
+            }
+            io.put::<W, FULL, LAST>(r, w);
+        }
+        self.z1[..G].copy_from_slice(&z1);
+        self.z2[..G].copy_from_slice(&z2);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array2;
+    use rand::{Rng, SeedableRng};
+    use rand_pcg::Pcg64;
+
+    /// The sections of a Butterworth band-pass of `order` (as the filter uses them).
+    fn sections(order: usize, low: f64) -> Vec<Coeffs> {
+        crate::filter::butter_sos(order, low, 6000.0, 30_000.0)
+            .expect("design")
+            .iter()
+            .map(|s| [s[0], s[1], s[2], s[4], s[5]])
+            .collect()
+    }
+
+    /// Streams `x` in chunks of `lens` rows (cycled) through `st`, by the blocked loop with
+    /// blocks of `W` (`None`: the row loop).
+    fn stream(
+        st: &mut CpuState,
+        sos: &[Coeffs],
+        x: &Array2<f32>,
+        lens: &[usize],
+        w: Option<usize>,
+    ) -> Array2<f32> {
+        let mut y = Array2::<f32>::zeros(x.raw_dim());
+        let (mut at, mut i) = (0, 0);
+        while at < x.nrows() {
+            let n = lens[i % lens.len()].min(x.nrows() - at);
+            i += 1;
+            let xs = x.slice(ndarray::s![at..at + n, ..]);
+            let mut ys = y.slice_mut(ndarray::s![at..at + n, ..]);
+            match (w, xs.as_slice(), ys.as_slice_mut()) {
+                (Some(16), Some(a), Some(b)) => st.run_blocks::<16>(sos, a, b),
+                (Some(8), Some(a), Some(b)) => st.run_blocks::<8>(sos, a, b),
+                (Some(4), Some(a), Some(b)) => st.run_blocks::<4>(sos, a, b),
+                (None, ..) => st.run_rows(sos, xs, ys),
+                (Some(_), Some(_), Some(_)) => st.run(sos, xs, ys),
+                _ => unreachable!("slices of a standard-layout array are contiguous"),
+            }
+            at += n;
+        }
+        y
+    }
+
+    /// The blocked loop gives the row loop's bits (outputs and state) for every block width,
+    /// full and partial blocks, one group of sections or several, any chunking.
+    #[test]
+    fn blocked_loop_is_bit_identical_to_the_row_loop() {
+        let mut r = Pcg64::seed_from_u64(3);
+        for &nc in &[1usize, 3, 4, 7, 8, 9, 15, 16, 17, 33, 67, 384] {
+            for &(order, low) in &[
+                (1usize, 300.0),
+                (2, 300.0),
+                (3, 300.0),
+                (4, 300.0),
+                (7, 5.0),
+                (12, 300.0),
+            ] {
+                let sos = sections(order, low);
+                let rows = if nc > 100 { 700 } else { 1500 };
+                let x = Array2::from_shape_fn((rows, nc), |_| 100.0 * (r.random::<f32>() - 0.5));
+                let mut want_st = CpuState::default();
+                want_st.init(sos.len(), nc);
+                let want = stream(&mut want_st, &sos, &x, &[1500], None);
+                for w in [Some(16), Some(8), Some(4), Some(0)] {
+                    for lens in [&[1500usize][..], &[1, 129, 7, 600], &[300]] {
+                        let mut st = CpuState::default();
+                        st.init(sos.len(), nc);
+                        let got = stream(&mut st, &sos, &x, lens, w);
+                        let same = got
+                            .iter()
+                            .zip(&want)
+                            .all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(
+                            same,
+                            "nc {nc} order {order} block {w:?} chunks {lens:?}: outputs differ"
+                        );
+                        let bits = |v: &[f64]| v.iter().map(|e| e.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(
+                            bits(&st.z1),
+                            bits(&want_st.z1),
+                            "nc {nc} order {order} {w:?}: z1"
+                        );
+                        assert_eq!(
+                            bits(&st.z2),
+                            bits(&want_st.z2),
+                            "nc {nc} order {order} {w:?}: z2"
+                        );
                     }
                 }
             }

@@ -520,7 +520,26 @@ impl BandpassFilter {
     pub fn process_into(
         &mut self,
         chunk: ArrayView2<'_, f32>,
+        out: ArrayViewMut2<'_, f32>,
+    ) -> Result<()> {
+        self.filter_into(chunk, out, true)
+    }
+
+    /// [`BandpassFilter::process_into`] for a chunk its caller has checked finite (the
+    /// chain's: one scan of the chunk, not two).
+    pub(crate) fn process_finite_into(
+        &mut self,
+        chunk: ArrayView2<'_, f32>,
+        out: ArrayViewMut2<'_, f32>,
+    ) -> Result<()> {
+        self.filter_into(chunk, out, false)
+    }
+
+    fn filter_into(
+        &mut self,
+        chunk: ArrayView2<'_, f32>,
         mut out: ArrayViewMut2<'_, f32>,
+        scan: bool,
     ) -> Result<()> {
         let (n, c) = chunk.dim();
         check_out_shape((n, c), out.dim())?;
@@ -528,7 +547,9 @@ impl BandpassFilter {
         if n == 0 {
             return Ok(());
         }
-        check_finite(chunk)?;
+        if scan {
+            check_finite(chunk)?;
+        }
         match &mut self.engine {
             EngineState::Cpu(st) => {
                 if st.channels() != c {

@@ -8,9 +8,10 @@ use std::ops::Range;
 
 use ndarray::{Array2, ArrayView2};
 
-use super::kernels::{gemm_rows, prefetch_rows, syrk_block, touch_lines, BLOCK, TC};
+use super::kernels::{gemm_rows, syrk_block, touch_lines, BLOCK, TC};
 use super::solve::solve_block;
 use super::{scan_chunk, sym, Layout, Scan, MAX_ABS_VALUE};
+use crate::engine::prefetch_rows;
 use crate::engine::worker_threads;
 use crate::error::Result;
 

@@ -302,47 +302,6 @@ pub(crate) fn touch_lines(data: &[f32]) {
     std::hint::black_box(acc);
 }
 
-/// Hints the processor to fetch `rows` rows of `width` elements starting at `data[start]`
-/// (row stride `stride`) into the cache; `write` asks for them in a writable state. Only
-/// addresses inside `data` are touched; does nothing off x86-64.
-pub(crate) fn prefetch_rows(
-    data: &[f32],
-    start: usize,
-    stride: usize,
-    rows: usize,
-    width: usize,
-    write: bool,
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0, _MM_HINT_T0};
-        let p = data.as_ptr() as *const i8;
-        for r in 0..rows {
-            let a = start + r * stride;
-            if a + width > data.len() {
-                break;
-            }
-            let mut off = 0;
-            while off < width {
-                // SAFETY: a prefetch never faults; the address lies inside `data`.
-                unsafe {
-                    let q = p.add(4 * (a + off));
-                    if write {
-                        _mm_prefetch::<_MM_HINT_ET0>(q);
-                    } else {
-                        _mm_prefetch::<_MM_HINT_T0>(q);
-                    }
-                }
-                off += 16;
-            }
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (data, start, stride, rows, width, write);
-    }
-}
-
 /// `y[r][j] = Σ_{a<k} x[r][a]·m[a][j]` for `j < kp` and the `rows` rows of `x` (row stride
 /// `xs`) and `y` (row stride `ys`); `m` is `kp × kp` (rows past `k` unused, padded columns
 /// zero). Does nothing if a slice is too short.
@@ -555,6 +514,7 @@ mod tests {
 #[cfg(test)]
 mod perf {
     use super::*;
+    use crate::engine::prefetch_rows;
     use std::time::Instant;
 
     /// Minimum wall time of `reps` runs of `f`, in seconds (the least disturbed run on a
