@@ -17,6 +17,7 @@
 pub mod binning;
 pub mod chain;
 pub mod classifier;
+mod crew;
 pub mod encoders;
 pub mod engine;
 pub mod error;

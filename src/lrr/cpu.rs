@@ -14,14 +14,19 @@ use super::{scan_chunk, sym, Layout, Scan, MAX_ABS_VALUE};
 use crate::engine::prefetch_rows;
 use crate::engine::worker_threads;
 use crate::error::Result;
+use std::sync::Mutex;
 
 /// Multiply-adds below which a `partial_fit` stays on one thread (spawning costs ~20–50 µs).
 const PARALLEL_WORK: usize = 4_000_000;
-/// Multiply-adds below which a transform stays on one thread. A 20 ms chunk of 384 channels
-/// in 8 clusters of 48 (11 M) measured no faster on two threads of the pool (chain p50 497 µs
-/// on one, 587 µs on two), and handing work to the pool from outside it allocates a queue
-/// block every 63 calls; a 1 s chunk (550 M) splits.
+/// Multiply-adds below which a transform runs on the calling thread and the crew (blocks of
+/// rows from a shared counter, [`crate::crew`]) instead of the worker pool: a 20 ms chunk of
+/// 384 channels in 8 clusters of 48 (11 M) measured slower on two threads of the pool than
+/// on one (chain p50 587 against 497 µs: the caller parks while a pool thread wakes), and
+/// handing work to the pool from outside it allocates a queue block every 63 calls; a 1 s
+/// chunk (550 M) splits on the pool.
 const PARALLEL_TRANSFORM_WORK: usize = 32_000_000;
+/// Most row blocks a crew transform is cut into.
+const MAX_PIECES: usize = 16;
 /// Rows per transform block (a multiple of the register tile's 6 rows).
 const T_ROWS: usize = 96;
 /// A chunk whose `C` has a diagonal entry above this (or not finite) is scanned exactly:
@@ -287,14 +292,24 @@ impl CpuLrr {
                 .iter()
                 .map(|c| c.len().pow(2))
                 .sum::<usize>();
-        let threads = if work >= PARALLEL_TRANSFORM_WORK {
-            worker_threads()
-        } else {
-            1
-        };
+        if work < PARALLEL_TRANSFORM_WORK {
+            // Blocks of rows shared by this thread and the crew's helpers.
+            let per = rows.div_ceil(MAX_PIECES).div_ceil(T_ROWS).max(1) * T_ROWS;
+            let mut pieces = out.chunks_mut(per * nc);
+            let slots: [Mutex<Option<&mut [f32]>>; MAX_PIECES] =
+                std::array::from_fn(|_| Mutex::new(pieces.next()));
+            crate::crew::crew_for(rows.div_ceil(per), |i| {
+                let piece = slots[i].lock().ok().and_then(|mut p| p.take());
+                if let Some(o) = piece {
+                    let r0 = i * per;
+                    self.transform_rows(layout, x, nc, r0..r0 + o.len() / nc, o);
+                }
+            });
+            return;
+        }
         let split = crate::engine::Split {
             row_len: nc,
-            parts: threads,
+            parts: worker_threads(),
             align: T_ROWS,
         };
         crate::engine::par_rows(0..rows, out, split, &|r, o| {
