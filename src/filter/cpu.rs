@@ -193,67 +193,220 @@ impl CpuState {
         }
     }
 
-    /// The blocked loop over row-major `x` and `y` (`rows × nc` each): the whole blocks of
-    /// `W` channels, then the last, partial block.
+    /// The blocked loop over row-major `x` and `y` (`rows × nc` each), block of `W`
+    /// channels by block (the last may be partial). A chunk of at least [`CREW_MIN`]
+    /// samples through at most [`GROUP`] sections shares its blocks with the crew's helpers
+    /// ([`crate::crew`]): each item is a run of whole blocks, so items touch disjoint
+    /// channels of `y` and of the states.
     #[inline(always)]
     pub(crate) fn run_blocks<const W: usize>(&mut self, sos: &[Coeffs], x: &[f32], y: &mut [f32]) {
         let nc = self.nc;
-        let full = nc / W * W;
-        for c0 in (0..full).step_by(W) {
-            self.run_block::<W, true>(sos, x, y, c0);
+        let n_blocks = nc.div_ceil(W);
+        let n_groups = sos.len().div_ceil(GROUP);
+        if n_groups > 1 && self.tile.len() < TILE_ROWS * W {
+            self.tile.resize(TILE_ROWS * W, 0.0);
         }
-        if full < nc {
-            self.run_block::<W, false>(sos, x, y, full);
+        let cells = Cells {
+            y: Shared::new(y),
+            z1: Shared::new(&mut self.z1),
+            z2: Shared::new(&mut self.z2),
+            nc,
+        };
+        if n_groups == 1 && n_blocks > 1 && x.len() >= CREW_MIN {
+            // The items run in a closure, outside this function's SIMD build: call that
+            // build's block function by pointer.
+            let block = block_fn::<W>();
+            let per = n_blocks.div_ceil(CREW_ITEMS);
+            crate::crew::crew_for(n_blocks.div_ceil(per), |i| {
+                for b in i * per..n_blocks.min((i + 1) * per) {
+                    // SAFETY: item `i` runs once and touches only the channels of its own
+                    // blocks; one group needs no work tile.
+                    unsafe { block(sos, x, &cells, &mut [], b * W) };
+                }
+            });
+            return;
+        }
+        for b in 0..n_blocks {
+            // SAFETY: `cells` borrows `y` and the states exclusively, and one block runs at
+            // a time.
+            unsafe { run_block::<W>(sos, x, &cells, &mut self.tile, b * W) };
+        }
+    }
+}
+
+/// Samples per chunk from which the band-pass shares its channel blocks with the crew (a
+/// 20 ms chunk of 384 channels has 230 400; a 1 ms one, 11 520, runs on one thread).
+const CREW_MIN: usize = 65_536;
+/// Items a crew call is cut into (runs of whole blocks).
+const CREW_ITEMS: usize = 12;
+
+/// A mutable slice whose disjoint parts are written from several threads.
+#[derive(Clone, Copy)]
+struct Shared<'a, T> {
+    ptr: *mut T,
+    len: usize,
+    _borrow: std::marker::PhantomData<&'a mut [T]>,
+}
+
+// SAFETY: `Shared` hands out parts of a slice it borrows mutably; its users guarantee that
+// no two threads use the same elements at once (see `Shared::part`).
+unsafe impl<T: Send> Send for Shared<'_, T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Sync for Shared<'_, T> {}
+
+impl<'a, T> Shared<'a, T> {
+    fn new(v: &'a mut [T]) -> Self {
+        Shared {
+            ptr: v.as_mut_ptr(),
+            len: v.len(),
+            _borrow: std::marker::PhantomData,
         }
     }
 
-    /// One block of channels `c0 ..` (all `W` of them when `FULL`, else the rest of the
-    /// row; the missing lanes compute on zeros and are never stored): one pass over the
-    /// rows per group of sections, or, for more than one group, one pass per group over
-    /// each tile of [`TILE_ROWS`] rows.
+    /// Elements `at .. at + n`, clipped to the slice.
+    ///
+    /// # Safety
+    /// No other reference to these elements may be in use while the returned one is.
+    #[allow(clippy::mut_from_ref)]
     #[inline(always)]
-    fn run_block<const W: usize, const FULL: bool>(
-        &mut self,
-        sos: &[Coeffs],
-        x: &[f32],
-        y: &mut [f32],
-        c0: usize,
-    ) {
-        let nc = self.nc;
-        let lanes = W.min(nc - c0);
-        let rows = x.len() / nc;
-        let n_groups = sos.len().div_ceil(GROUP);
-        let tile_rows = if n_groups > 1 { TILE_ROWS } else { rows.max(1) };
-        if self.tile.len() < TILE_ROWS * W && n_groups > 1 {
-            self.tile.resize(TILE_ROWS * W, 0.0);
+    unsafe fn part(&self, at: usize, n: usize) -> &mut [T] {
+        let at = at.min(self.len);
+        let n = n.min(self.len - at);
+        // SAFETY: inside the borrowed slice; exclusive by the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), n) }
+    }
+}
+
+/// The output and the section states of a filter call, shared by the blocks.
+struct Cells<'a> {
+    y: Shared<'a, f32>,
+    z1: Shared<'a, f64>,
+    z2: Shared<'a, f64>,
+    nc: usize,
+}
+
+/// A build of [`run_block`].
+type BlockFn = unsafe fn(&[Coeffs], &[f32], &Cells<'_>, &mut [f64], usize);
+
+/// [`run_block`] with `W` channels per block, built for AVX-512F (`W` = 16) or AVX2 (`W` =
+/// 8) when the CPU has them.
+fn block_fn<const W: usize>() -> BlockFn {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if W == 16 && std::arch::is_x86_feature_detected!("avx512f") {
+            return run_block_avx512;
         }
-        let mut t0 = 0;
-        while t0 < rows {
-            let n = tile_rows.min(rows - t0);
-            for g in 0..n_groups {
-                let secs = g * GROUP..sos.len().min((g + 1) * GROUP);
-                let mut state =
-                    BlockState::<W>::load(&self.z1, &self.z2, secs.clone(), nc, c0, lanes);
-                let io = BlockIo {
-                    x,
-                    y: &mut *y,
-                    tile: &mut self.tile,
-                    nc,
-                    c0,
-                    lanes,
-                    t0,
-                };
-                let sec = &sos[secs.clone()];
-                match (g == 0, g + 1 == n_groups) {
-                    (true, true) => state.group::<FULL, true, true>(sec, n, io),
-                    (true, false) => state.group::<FULL, true, false>(sec, n, io),
-                    (false, true) => state.group::<FULL, false, true>(sec, n, io),
-                    (false, false) => state.group::<FULL, false, false>(sec, n, io),
-                }
-                state.store(&mut self.z1, &mut self.z2, secs, nc, c0, lanes);
+        if W == 8 && std::arch::is_x86_feature_detected!("avx2") {
+            return run_block_avx2;
+        }
+    }
+    run_block::<W>
+}
+
+/// [`run_block`] of 16 channels for AVX-512F.
+///
+/// # Safety
+/// As [`run_block`], on a CPU with AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn run_block_avx512(
+    sos: &[Coeffs],
+    x: &[f32],
+    cells: &Cells<'_>,
+    tile: &mut [f64],
+    c0: usize,
+) {
+    // SAFETY: the caller's contract.
+    unsafe { run_block::<16>(sos, x, cells, tile, c0) }
+}
+
+/// [`run_block`] of 8 channels for AVX2.
+///
+/// # Safety
+/// As [`run_block`], on a CPU with AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn run_block_avx2(
+    sos: &[Coeffs],
+    x: &[f32],
+    cells: &Cells<'_>,
+    tile: &mut [f64],
+    c0: usize,
+) {
+    // SAFETY: the caller's contract.
+    unsafe { run_block::<8>(sos, x, cells, tile, c0) }
+}
+
+/// One block of channels `c0 ..` (`W` of them, or the rest of the row; the missing lanes
+/// compute on zeros and are never stored): one pass over the rows per group of sections,
+/// or, for more than one group, one pass per group over each tile of [`TILE_ROWS`] rows
+/// (`tile` then holds `TILE_ROWS · W` values).
+///
+/// # Safety
+/// No other thread may use the block's channels of `cells` meanwhile.
+#[inline(always)]
+unsafe fn run_block<const W: usize>(
+    sos: &[Coeffs],
+    x: &[f32],
+    cells: &Cells<'_>,
+    tile: &mut [f64],
+    c0: usize,
+) {
+    let nc = cells.nc;
+    if c0 + W <= nc {
+        // SAFETY: the caller's contract.
+        unsafe { run_block_lanes::<W, true>(sos, x, cells, tile, c0) }
+    } else {
+        // SAFETY: the caller's contract.
+        unsafe { run_block_lanes::<W, false>(sos, x, cells, tile, c0) }
+    }
+}
+
+/// [`run_block`] for a whole block (`FULL`) or the last, partial one.
+///
+/// # Safety
+/// As [`run_block`].
+#[inline(always)]
+unsafe fn run_block_lanes<const W: usize, const FULL: bool>(
+    sos: &[Coeffs],
+    x: &[f32],
+    cells: &Cells<'_>,
+    tile: &mut [f64],
+    c0: usize,
+) {
+    let nc = cells.nc;
+    let lanes = W.min(nc - c0);
+    let rows = x.len() / nc;
+    let n_groups = sos.len().div_ceil(GROUP);
+    let tile_rows = if n_groups > 1 { TILE_ROWS } else { rows.max(1) };
+    let mut t0 = 0;
+    while t0 < rows {
+        let n = tile_rows.min(rows - t0);
+        for g in 0..n_groups {
+            let secs = g * GROUP..sos.len().min((g + 1) * GROUP);
+            // SAFETY (this and the `BlockIo`'s rows): the block's channels are the
+            // caller's alone.
+            let mut state = unsafe { BlockState::<W>::load(cells, secs.clone(), c0, lanes) };
+            let io = BlockIo {
+                x,
+                y: &cells.y,
+                tile: &mut *tile,
+                nc,
+                c0,
+                lanes,
+                t0,
+            };
+            let sec = &sos[secs.clone()];
+            match (g == 0, g + 1 == n_groups) {
+                (true, true) => state.group::<FULL, true, true>(sec, n, io),
+                (true, false) => state.group::<FULL, true, false>(sec, n, io),
+                (false, true) => state.group::<FULL, false, true>(sec, n, io),
+                (false, false) => state.group::<FULL, false, false>(sec, n, io),
             }
-            t0 += n;
+            // SAFETY: as above.
+            unsafe { state.store(cells, secs, c0, lanes) };
         }
+        t0 += n;
     }
 }
 
@@ -262,7 +415,8 @@ impl CpuState {
 /// the tile's first, `t0`.
 struct BlockIo<'a> {
     x: &'a [f32],
-    y: &'a mut [f32],
+    /// Written only in the block's own channels.
+    y: &'a Shared<'a, f32>,
     tile: &'a mut [f64],
     nc: usize,
     c0: usize,
@@ -301,7 +455,8 @@ impl BlockIo<'_> {
             }
             return;
         }
-        let row = &mut self.y[(self.t0 + r) * self.nc + self.c0..];
+        // SAFETY: the block's own channels of the row (the contract of `run_block`).
+        let row = unsafe { self.y.part((self.t0 + r) * self.nc + self.c0, W) };
         let v = v.map(|e| e as f32);
         if FULL {
             if let Some(a) = row.first_chunk_mut::<W>() {
@@ -322,12 +477,13 @@ struct BlockState<const W: usize> {
 
 impl<const W: usize> BlockState<W> {
     /// Sections `secs`' states of channels `c0 .. c0 + lanes` (zeros in the other lanes).
+    ///
+    /// # Safety
+    /// No other thread may use these channels' states meanwhile.
     #[inline(always)]
-    fn load(
-        z1: &[f64],
-        z2: &[f64],
+    unsafe fn load(
+        cells: &Cells<'_>,
         secs: std::ops::Range<usize>,
-        nc: usize,
         c0: usize,
         lanes: usize,
     ) -> Self {
@@ -336,28 +492,34 @@ impl<const W: usize> BlockState<W> {
             z2: [[0.0; W]; GROUP],
         };
         for (j, s) in secs.enumerate() {
-            let at = s * nc + c0;
-            st.z1[j][..lanes].copy_from_slice(&z1[at..at + lanes]);
-            st.z2[j][..lanes].copy_from_slice(&z2[at..at + lanes]);
+            let at = s * cells.nc + c0;
+            // SAFETY: the caller's contract.
+            let (z1, z2) = unsafe { (cells.z1.part(at, lanes), cells.z2.part(at, lanes)) };
+            st.z1[j][..z1.len()].copy_from_slice(z1);
+            st.z2[j][..z2.len()].copy_from_slice(z2);
         }
         st
     }
 
     /// Writes the states back (only the block's real lanes).
+    ///
+    /// # Safety
+    /// As [`BlockState::load`].
     #[inline(always)]
-    fn store(
+    unsafe fn store(
         &self,
-        z1: &mut [f64],
-        z2: &mut [f64],
+        cells: &Cells<'_>,
         secs: std::ops::Range<usize>,
-        nc: usize,
         c0: usize,
         lanes: usize,
     ) {
         for (j, s) in secs.enumerate() {
-            let at = s * nc + c0;
-            z1[at..at + lanes].copy_from_slice(&self.z1[j][..lanes]);
-            z2[at..at + lanes].copy_from_slice(&self.z2[j][..lanes]);
+            let at = s * cells.nc + c0;
+            // SAFETY: the caller's contract.
+            let (z1, z2) = unsafe { (cells.z1.part(at, lanes), cells.z2.part(at, lanes)) };
+            let n = z1.len();
+            z1.copy_from_slice(&self.z1[j][..n]);
+            z2.copy_from_slice(&self.z2[j][..n]);
         }
     }
 
