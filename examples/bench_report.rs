@@ -275,12 +275,14 @@ fn rows() -> Vec<Row> {
                      lanes; perf: 75 % of the solve is the row updates' loads, multiplies and \
                      stores; eight pivots per pass instead of four measured slower, 15.6–20.8 \
                      µs), and the calling \
-                     thread shares the clusters with one pool thread through a counter (handing \
+                     thread shares the clusters with a helper thread through a counter (handing \
                      the call to the pool and parking the caller was slower than one thread); \
-                     the chunk's p50 went from 269–283 to 191–236 µs in an alternated A/B. \
-                     What is left is ~75 µs of solves per core plus the pool thread's wake-up \
-                     on a virtual CPU (tens of µs, and the woken thread often shares the \
-                     caller's CPU for a while). At that peak the eight solves alone would \
+                     the chunk's p50 went from 269–283 to 191–236 µs in an alternated A/B. On \
+                     2026-12-08 the helper became the crew's (it spins 200 µs after a job before \
+                     it sleeps, so it is awake for the next chunk, and nothing is spawned per \
+                     call): p50 198–212 → 174–184 µs, p99 343–423 → 241–320 µs on the Intel \
+                     Xeon VM (alternated A/B, three rounds). What is left is ~75 µs of solves \
+                     per core plus the chunk's `partial_fit` and product. At that peak the eight solves alone would \
                      take 50 µs of one core, so meeting 50 µs per chunk needs a cheaper method \
                      than re-inverting: a rank-20 update of the inverse (Woodbury) costs \
                      about what re-inverting a 64 × 64 block does. `update_every` (the next \

@@ -110,6 +110,23 @@ pub(crate) fn crew_for(n: usize, f: impl Fn(usize) + Sync) {
     drop(posted);
 }
 
+/// `f(0), …, f(n − 1)` in order, computed by [`crew_for`] (the calling thread and the crew's
+/// helpers). Allocates the `n` results.
+pub(crate) fn crew_map<R: Send>(n: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
+    let slots: Vec<Mutex<Option<R>>> = (0..n).map(|_| Mutex::new(None)).collect();
+    crew_for(n, |i| {
+        let r = f(i);
+        if let Ok(mut s) = slots[i].lock() {
+            *s = Some(r);
+        }
+    });
+    // `crew_for` ran every item exactly once before it returned.
+    slots
+        .into_iter()
+        .filter_map(|s| s.into_inner().ok().flatten())
+        .collect()
+}
+
 /// A posted job: dropping it (also while unwinding) withdraws the job and waits for the
 /// helpers inside it.
 struct Posted<'a> {
@@ -273,6 +290,15 @@ mod tests {
             .collect();
         for t in threads {
             t.join().expect("thread");
+        }
+    }
+
+    /// `crew_map` returns every result in item order.
+    #[test]
+    fn map_keeps_item_order() {
+        for n in [0, 1, 2, 7, 33] {
+            let got = crew_map(n, |i| i * i + 1);
+            assert_eq!(got, (0..n).map(|i| i * i + 1).collect::<Vec<_>>());
         }
     }
 

@@ -212,49 +212,6 @@ pub(crate) fn par_map<R: Send>(n: usize, f: impl Fn(usize) -> R + Sync + Send) -
     }
 }
 
-/// [`par_map`] for items of tens of µs: computed on the calling thread and the worker pool
-/// when `n > 1`.
-///
-/// The calling thread takes items from a shared counter at once, and so does each helper
-/// job once a pool thread picks it up: a pool thread that wakes late (tens of µs on a
-/// virtual machine) costs at most the items it would have taken, not a round trip through
-/// the pool. ([`par_map`] hands the whole call to the pool and parks the caller: on the
-/// benches' two-core machine eight 64 × 64 solves took longer that way than on one thread,
-/// while for items of milliseconds, such as `partial_fit`'s row ranges, it measured ~8 %
-/// faster than this.)
-pub(crate) fn par_map_with_caller<R: Send>(
-    n: usize,
-    f: impl Fn(usize) -> R + Sync + Send,
-) -> Vec<R> {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Mutex;
-    let helpers = worker_threads().min(n).saturating_sub(1);
-    let Some(pool) = pool().filter(|_| helpers > 0) else {
-        return (0..n).map(f).collect();
-    };
-    let next = AtomicUsize::new(0);
-    let slots: Vec<Mutex<Option<R>>> = (0..n).map(|_| Mutex::new(None)).collect();
-    let work = || loop {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        let Some(slot) = slots.get(i) else { break };
-        let r = f(i);
-        if let Ok(mut s) = slot.lock() {
-            *s = Some(r);
-        }
-    };
-    pool.in_place_scope(|scope| {
-        for _ in 0..helpers {
-            scope.spawn(|_| work());
-        }
-        work();
-    });
-    // Every index below `n` was taken exactly once and filled before the scope ended.
-    slots
-        .into_iter()
-        .filter_map(|s| s.into_inner().ok().flatten())
-        .collect()
-}
-
 /// `f(i, piece)` for the `i`-th piece of `out` cut into pieces of `len` elements (the last may
 /// be shorter), the results in piece order; on the worker pool when there is more than one
 /// piece. The pool's threads persist: starting two scoped threads instead measured 160 µs

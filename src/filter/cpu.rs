@@ -30,7 +30,7 @@ pub(crate) struct CpuState {
     /// Work row (`nc` entries).
     w: Vec<f64>,
     /// Work tile of the blocked loop ([`TILE_ROWS`] rows of one block), for cascades of
-    /// more than [`GROUP`] sections.
+    /// more than [`GROUP`] sections; sized on first use.
     tile: Vec<f64>,
 }
 
@@ -51,10 +51,6 @@ impl CpuState {
         self.z2.resize(ns * nc, 0.0);
         self.w.clear();
         self.w.resize(nc, 0.0);
-        self.tile.clear();
-        if ns > GROUP {
-            self.tile.resize(TILE_ROWS * 16, 0.0);
-        }
     }
 
     /// The state as `(z₁ hi, z₁ lo, z₂ hi, z₂ lo)` per (section, channel), section-major:

@@ -230,8 +230,8 @@ impl CpuLrr {
     /// Solves every cluster's weights from the current `C`; returns the clusters that used
     /// the pseudo-inverse.
     pub fn solve(&mut self, layout: &Layout, lambda: f64) -> Vec<usize> {
-        // Clusters are independent: solved on this thread and the worker pool.
-        let solved = crate::engine::par_map_with_caller(layout.clusters.len(), |ci| {
+        // Clusters are independent: solved on this thread and the crew's helpers.
+        let solved = crate::crew::crew_map(layout.clusters.len(), |ci| {
             let g = layout.cluster_group[ci];
             let (c, kp, pos) = (&self.c[g], self.kp[g], &layout.cluster_pos[ci]);
             let p0 = pos.first().copied().unwrap_or(0);
